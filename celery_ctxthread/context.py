@@ -1,0 +1,157 @@
+"""Snapshot a thread's Celery task context and run code inside it elsewhere.
+
+This is the one capture -> activate -> restore mechanism; every entry point
+(threads, timers, executors, ``install()``) goes through it::
+
+    >>> import celery_ctxthread as cct
+    >>> context = cct.capture()          # in the task's thread
+    >>> context.run(max, 1, 2)           # in any thread, any number of times
+    2
+
+What a snapshot holds, and why:
+
+- every task on ``celery._state._task_stack`` (bottom first), and the request
+  on top of each task's ``request_stack``: ``current_task``, ``self.request``
+  and ``get_current_worker_task()`` all read these.  The request object is
+  *shared*, not copied: a thread is part of its task, so a subtask it
+  ``.delay()``\\ s lands in the task's ``children``;
+- the thread's current app (``celery._state._tls.current_app``);
+- the ``contextvars`` context, which each run enters as a *fresh copy*: one
+  context cannot be entered by two threads at once, and a job's changes must
+  not leak into the next job.
+
+Outside any task the snapshot is empty and running under it is exactly calling
+the function, like the stdlib does.
+"""
+
+import functools
+
+from celery import _state
+
+from celery_ctxthread._compat import copy_context
+from celery_ctxthread._stacks import access_for
+
+_TASK_STACK = _state._task_stack
+_TASK_STACK_ACCESS = access_for(_TASK_STACK)
+_APP_LOCAL = _state._tls
+
+
+class TaskContext(object):
+    """An immutable snapshot of a thread's task context; see :func:`capture`.
+
+    :meth:`run` keeps nothing on the snapshot itself, so one snapshot may run
+    in many threads at once, and nested (a thread started under a snapshot
+    captures it again).
+    """
+
+    __slots__ = ('_app', '_pushes', '_request', '_task', '_vars')
+
+    def __init__(self, pushes, task, request, app, vars):
+        # pushes: ((stack, access, items), ...), task stack first.
+        self._pushes = pushes
+        self._task = task
+        self._request = request
+        self._app = app
+        self._vars = vars
+
+    @property
+    def task(self):
+        """The task on top of the captured stack, or None outside a task."""
+        return self._task
+
+    @property
+    def request(self):
+        """That task's request (shared with the task), or None."""
+        return self._request
+
+    @property
+    def task_id(self):
+        """That request's task id, or None: handy for log lines."""
+        return getattr(self._request, 'id', None)
+
+    def run(self, fn, *args, **kwargs):
+        """Call ``fn(*args, **kwargs)`` in this context on the current thread.
+
+        The thread's stacks and current app are restored to exactly what they
+        were afterwards, also when ``fn`` raises (``BaseException`` included).
+        """
+        return self.call(fn, args, kwargs)
+
+    def call(self, fn, args, kwargs):
+        """:meth:`run` with the arguments as a tuple and a dict.
+
+        Entry points use it so that a keyword argument named ``fn`` reaches
+        the target instead of clashing with ours.
+        """
+        if not self._pushes:
+            return fn(*args, **kwargs)
+        app = self._app
+        if app is not None:
+            previous_app = _APP_LOCAL.current_app
+            _APP_LOCAL.current_app = app
+        tokens = [access.push(stack, items) for stack, access, items in self._pushes]
+        try:
+            if self._vars is None:
+                return fn(*args, **kwargs)
+            return self._vars.copy().run(fn, *args, **kwargs)
+        finally:
+            for (stack, access, _), token in zip(self._pushes[::-1], tokens[::-1]):
+                access.restore(stack, token)
+            if app is not None:
+                _APP_LOCAL.current_app = previous_app
+
+    def __repr__(self):
+        if self._task is None:
+            return '<TaskContext empty>'
+        return '<TaskContext %s[%s]>' % (getattr(self._task, 'name', self._task), self.task_id)
+
+
+_EMPTY = TaskContext((), None, None, None, None)
+
+
+def capture():
+    """Snapshot the calling thread's task context.
+
+    Cheap enough to call per job.  Outside any task it returns a shared empty
+    snapshot, and running under it is exactly calling the function.
+    """
+    tasks = _TASK_STACK_ACCESS.read(_TASK_STACK)
+    if not tasks:
+        return _EMPTY
+    pushes = [(_TASK_STACK, _TASK_STACK_ACCESS, tasks)]
+    top_requests = {}
+    for task in tasks:
+        stack = getattr(task, 'request_stack', None)  # None on an unbound task class
+        if stack is None or id(stack) in top_requests:
+            continue
+        access = access_for(stack)
+        requests = access.read(stack)
+        top_requests[id(stack)] = requests[-1] if requests else None
+        if requests:
+            pushes.append((stack, access, requests[-1:]))
+    top_task = tasks[-1]
+    request = top_requests.get(id(getattr(top_task, 'request_stack', None)))
+    vars = copy_context() if copy_context is not None else None
+    return TaskContext(tuple(pushes), top_task, request, _APP_LOCAL.current_app, vars)
+
+
+def wrap(fn):
+    """Capture now; return a callable that runs ``fn`` in that context.
+
+    For callbacks and third-party pools: every call of the result runs in the
+    snapshot, concurrently if called concurrently::
+
+        pool.apply_async(cct.wrap(report_progress), (step,))
+    """
+    if not callable(fn):
+        raise TypeError('wrap() expects a callable, got %r' % (fn,))
+    context = capture()
+
+    def run_in_task_context(*args, **kwargs):
+        return context.call(fn, args, kwargs)
+
+    present = [name for name in functools.WRAPPER_ASSIGNMENTS if hasattr(fn, name)]
+    functools.update_wrapper(run_in_task_context, fn, assigned=present)
+    run_in_task_context.__wrapped__ = fn  # Python 2.7's update_wrapper does not set it
+    run_in_task_context.task_context = context
+    return run_in_task_context

@@ -1,0 +1,37 @@
+from collections.abc import Callable, Mapping
+from contextvars import Context
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from celery import Celery, Task
+from celery.app.task import Context as Request
+
+_P = ParamSpec('_P')
+_R = TypeVar('_R')
+
+class TaskContext:
+    def __init__(
+        self,
+        pushes: tuple[tuple[Any, Any, tuple[Any, ...]], ...],
+        task: Task[Any, Any] | None,
+        request: Request | None,
+        app: Celery | None,
+        vars: Context | None,
+    ) -> None: ...
+    @property
+    def task(self) -> Task[Any, Any] | None: ...
+    @property
+    def request(self) -> Request | None: ...
+    @property
+    def task_id(self) -> str | None: ...
+    def run(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R: ...
+    def call(
+        self, fn: Callable[..., _R], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> _R: ...
+
+class _ContextWrapped(Generic[_P, _R]):
+    task_context: TaskContext
+    __wrapped__: Callable[_P, _R]
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R: ...
+
+def capture() -> TaskContext: ...
+def wrap(fn: Callable[_P, _R]) -> _ContextWrapped[_P, _R]: ...

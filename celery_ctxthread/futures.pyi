@@ -1,0 +1,17 @@
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
+
+_P = ParamSpec('_P')
+_R = TypeVar('_R')
+
+def submit_in_context(
+    submit: Callable[..., Future[_R]], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> Future[_R]: ...
+
+class TaskThreadPoolExecutor(ThreadPoolExecutor):
+    def submit(
+        self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_R]: ...
+
+def submit(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]: ...

@@ -1,0 +1,95 @@
+"""A real Celery app and task for in-process tests, and the tracer's push/pop.
+
+No worker here: :func:`running` pushes a task and its request exactly as
+``celery.app.trace.build_tracer`` does, so the library sees what it sees in a
+worker.  The integration suite proves the same things on real workers.
+"""
+
+from __future__ import absolute_import
+
+import contextlib
+import subprocess
+import threading
+
+from celery import Celery, _state
+from celery.app.task import Context
+
+app = Celery('cct_inprocess', broker='memory://', backend='cache+memory://', set_as_current=False)
+
+
+@app.task(bind=True, name='cct_inprocess.probe')
+def probe(self):
+    return self.request.id
+
+
+@app.task(bind=True, name='cct_inprocess.other')
+def other(self):
+    return self.request.id
+
+
+@contextlib.contextmanager
+def running(task, task_id='task-1', app_current=True):
+    """Push ``task`` and a request for ``task_id`` as the worker's tracer does."""
+    previous_app = _state._tls.current_app
+    if app_current:
+        _state._tls.current_app = task.app
+    _state._task_stack.push(task)
+    task.request_stack.push(Context({'id': task_id}, args=(), kwargs={}, called_directly=False))
+    try:
+        yield task
+    finally:
+        task.request_stack.pop()
+        _state._task_stack.pop()
+        _state._tls.current_app = previous_app
+
+
+def observe():
+    """What a thread sees of Celery's context, as a plain dict."""
+    task = _state.get_current_task()
+    worker_task = _state.get_current_worker_task()
+    return {
+        'current_task': getattr(task, 'name', None),
+        'current_id': task.request.id if task is not None else None,
+        'probe_request_id': probe.request.id,
+        'worker_task_id': worker_task.request.id if worker_task is not None else None,
+        'app': _state._tls.current_app,
+    }
+
+
+def thread_state():
+    """Everything the library may touch on this thread, to compare before/after."""
+    stacks = [_state._task_stack] + [t.request_stack for t in (probe, other)]
+    return [list(s.stack) for s in stacks] + [_state._tls.current_app]
+
+
+def in_thread(fn, *args):
+    """Run ``fn(*args)`` on a fresh plain thread; return its result or raise its error."""
+    box = {}
+
+    def target():
+        try:
+            box['result'] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller
+            box['error'] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), 'thread did not finish within 10 s'
+    if 'error' in box:
+        raise box['error']
+    return box['result']
+
+
+def run_bounded(command, timeout, **popen_kwargs):
+    """Run ``command``; kill it after ``timeout`` s (Python 2.7 has no communicate timeout)."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen_kwargs
+    )
+    killer = threading.Timer(timeout, process.kill)
+    killer.start()
+    try:
+        output = process.communicate()[0].decode('utf-8', 'replace')
+    finally:
+        killer.cancel()
+    return process.returncode, output

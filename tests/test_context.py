@@ -1,0 +1,254 @@
+"""The snapshot itself: capture, run, restore exactly, nesting, concurrency."""
+
+from __future__ import absolute_import
+
+import os
+import sys
+import threading
+
+import pytest
+from celery import _state
+
+import celery_ctxthread as cct
+from celery_ctxthread import _stacks
+from tests.tasks_inprocess import (
+    app,
+    in_thread,
+    observe,
+    other,
+    probe,
+    run_bounded,
+    running,
+    thread_state,
+)
+
+try:
+    import contextvars
+except ImportError:  # Python 2.7
+    contextvars = None
+
+needs_contextvars = pytest.mark.skipif(contextvars is None, reason='no contextvars on Python 2')
+
+
+def test_capture_outside_a_task_is_empty_and_just_calls():
+    context = cct.capture()
+    assert (context.task, context.request, context.task_id) == (None, None, None)
+    assert context.run(divmod, 7, 2) == (3, 1)
+    assert repr(context) == '<TaskContext empty>'
+
+
+def test_capture_names_the_task_and_shares_its_request():
+    with running(probe, 'abc'):
+        context = cct.capture()
+        assert context.task is probe
+        assert context.request is probe.request  # shared, not copied
+    assert context.task_id == 'abc'
+    assert 'cct_inprocess.probe[abc]' in repr(context)
+
+
+def test_run_in_another_thread_sees_the_task():
+    with running(probe, 'abc'):
+        context = cct.capture()
+    seen = in_thread(context.run, observe)
+    assert seen['current_task'] == 'cct_inprocess.probe'
+    assert seen['current_id'] == seen['probe_request_id'] == seen['worker_task_id'] == 'abc'
+    assert seen['app'] is app
+
+
+def test_plain_thread_sees_nothing():
+    """The bug itself: the baseline the library exists to fix."""
+    with running(probe, 'abc'):
+        seen = in_thread(observe)
+    assert (seen['current_task'], seen['probe_request_id'], seen['worker_task_id']) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_run_restores_the_thread_exactly():
+    with running(probe, 'abc'):
+        context = cct.capture()
+
+    def check():
+        before = thread_state()
+        context.run(observe)
+        return before, thread_state()
+
+    before, after = in_thread(check)
+    assert before == after
+    assert after[0] == []
+
+
+def test_run_restores_a_thread_that_already_had_context():
+    with running(probe, 'abc'):
+        context = cct.capture()
+    with running(other, 'outer'):
+        before = thread_state()
+        seen = context.run(observe)
+        assert thread_state() == before
+        assert _state.get_current_task() is other
+    assert seen['current_id'] == 'abc'
+
+
+@pytest.mark.parametrize('error', [ValueError('boom'), KeyboardInterrupt(), SystemExit(3)])
+def test_run_restores_on_any_exception(error):
+    with running(probe, 'abc'):
+        context = cct.capture()
+
+    def explode():
+        raise error
+
+    def check():
+        before = thread_state()
+        with pytest.raises(type(error)):
+            context.run(explode)
+        return before, thread_state()
+
+    before, after = in_thread(check)
+    assert before == after
+
+
+def test_run_repairs_a_target_that_leaves_the_stacks_unbalanced():
+    with running(probe, 'abc'):
+        context = cct.capture()
+
+    def leaky():
+        _state._task_stack.push(other)  # never popped
+        probe.request_stack.pop()  # pops ours
+
+    def check():
+        before = thread_state()
+        context.run(leaky)
+        return before, thread_state()
+
+    before, after = in_thread(check)
+    assert before == after
+
+
+def test_nested_propagation_through_two_threads():
+    with running(probe, 'abc'):
+        outer = cct.capture()
+    seen = in_thread(outer.run, lambda: in_thread(cct.capture().run, observe))
+    assert seen['current_id'] == 'abc'
+
+
+def test_one_snapshot_runs_in_many_threads_at_once():
+    with running(probe, 'abc'):
+        context = cct.capture()
+    barrier = threading.Barrier(8) if hasattr(threading, 'Barrier') else None
+    results = []
+
+    def job():
+        if barrier is not None:
+            barrier.wait(10)
+        results.append(context.run(observe)['current_id'])
+        results.append(_state.get_current_task())  # restored afterwards
+
+    threads = [threading.Thread(target=job) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results.count('abc') == 8
+    assert results.count(None) == 8
+
+
+def test_unbound_task_without_request_stack_is_captured_without_request():
+    class Unbound(object):
+        name = 'unbound'
+        request_stack = None
+
+    task = Unbound()
+    _state._task_stack.push(task)
+    try:
+        context = cct.capture()
+    finally:
+        _state._task_stack.pop()
+    assert context.task is task and context.request is None and context.task_id is None
+    assert in_thread(context.run, _state.get_current_task) is task
+
+
+@needs_contextvars
+def test_contextvars_are_copied_per_run():
+    var = contextvars.ContextVar('cct_test_var', default='unset')
+    with running(probe, 'abc'):
+        var.set('from-task')
+        context = cct.capture()
+    var.set('unset')
+
+    def read_then_write():
+        seen = var.get()
+        var.set('changed-by-job')
+        return seen
+
+    assert in_thread(context.run, read_then_write) == 'from-task'
+    assert in_thread(context.run, read_then_write) == 'from-task'  # the first job did not leak
+    assert var.get() == 'unset'
+
+
+def test_wrap_keeps_name_and_runs_in_context_every_call():
+    def report(step, fn=None):
+        """Report one step."""
+        return step, fn, observe()['current_id']
+
+    with running(probe, 'abc'):
+        wrapped = cct.wrap(report)
+    assert wrapped.__name__ == 'report' and wrapped.__doc__ == 'Report one step.'
+    assert wrapped.__wrapped__ is report and wrapped.task_context.task_id == 'abc'
+    assert in_thread(wrapped, 1) == (1, None, 'abc')
+    assert wrapped(2, fn='kw') == (2, 'kw', 'abc')  # a keyword named fn reaches the target
+
+
+def test_wrap_rejects_a_non_callable_at_once():
+    with pytest.raises(TypeError, match='callable'):
+        cct.wrap(42)
+
+
+class PublicOnlyStack(object):
+    """An unknown ``LocalStack`` flavour: only push, pop, stack and len."""
+
+    def __init__(self):
+        self.stack = []
+
+    def push(self, item):
+        self.stack.append(item)
+
+    def pop(self):
+        return self.stack.pop() if self.stack else None
+
+    def __len__(self):
+        return len(self.stack)
+
+
+def test_unknown_stack_flavours_get_the_public_api_and_are_restored():
+    stack = PublicOnlyStack()
+    access = _stacks.access_for(stack)
+    assert access is _stacks.PublicApiAccess
+    stack.push('a')
+    token = access.push(stack, ('b', 'c'))
+    assert access.read(stack) == ('a', 'b', 'c')
+    del stack.stack[:]  # the target popped below us
+    access.restore(stack, token)
+    assert access.read(stack) == ('a',)
+
+
+def test_the_default_flavour_is_detected():
+    expected = (
+        _stacks.ThreadLocalListAccess
+        if os.environ.get('USE_FAST_LOCALS')
+        else _stacks.IdentDictAccess
+    )
+    assert _stacks.access_for(_state._task_stack) is expected
+
+
+@pytest.mark.skipif(bool(os.environ.get('USE_FAST_LOCALS')), reason='this is the re-run itself')
+def test_the_same_tests_pass_with_use_fast_locals():
+    """USE_FAST_LOCALS is read at Celery's import: re-run these tests in a subprocess."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = [os.path.join(here, name) for name in ('test_context.py', 'test_entry_points.py')]
+    command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'] + files
+    env = dict(os.environ, USE_FAST_LOCALS='1')
+    returncode, output = run_bounded(command, timeout=300, cwd=os.path.dirname(here), env=env)
+    assert returncode == 0, output
+    assert ' passed' in output
