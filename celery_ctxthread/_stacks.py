@@ -10,11 +10,13 @@ Every Celery from 4.3 to 5.7 ships two stack flavours, chosen at import by
 - ``_FastLocalStack``: a ``threading.local`` whose ``push``/``pop`` are bound
   to the per-thread ``stack`` list.
 
-This is the one place that goes below the public API.  Each accessor offers::
+This is the one place that goes below the public API.  An accessor works on
+a *target* (what it needs of the stack, found once per capture)::
 
-    items = access.read(stack)           # tuple, bottom first
-    token = access.push(stack, items)    # push on this thread's stack
-    access.restore(stack, token)         # back to exactly what it was
+    target = access.target(stack)
+    items = access.read(target)           # tuple, bottom first
+    token = access.push(target, items)    # push on this thread's stack
+    access.restore(target, token)         # back to exactly what it was
 
 Any other stack type gets the public API (slower, same behaviour).
 """
@@ -26,14 +28,16 @@ class IdentDictAccess(object):
     """``_LocalStack``: one ``{'stack': list}`` entry per ident in ``__storage__``."""
 
     @staticmethod
-    def read(stack):
-        local = stack._local
+    def target(stack):
+        return stack._local
+
+    @staticmethod
+    def read(local):
         entry = local.__storage__.get(local.__ident_func__())
         return tuple(entry.get('stack') or ()) if entry else ()
 
     @staticmethod
-    def push(stack, items):
-        local = stack._local
+    def push(local, items):
         ident = local.__ident_func__()
         entry = local.__storage__.get(ident)
         live = entry.get('stack') if entry else None
@@ -45,9 +49,9 @@ class IdentDictAccess(object):
         return ident, saved
 
     @staticmethod
-    def restore(stack, token):
+    def restore(local, token):
         ident, saved = token
-        storage = stack._local.__storage__
+        storage = local.__storage__
         if saved is None:  # the thread had no entry: release it, as pop() would
             storage.pop(ident, None)
             return
@@ -61,6 +65,10 @@ class IdentDictAccess(object):
 
 class ThreadLocalListAccess(object):
     """``_FastLocalStack``: ``push``/``pop`` are bound to ``stack``, so edit it in place."""
+
+    @staticmethod
+    def target(stack):
+        return stack
 
     @staticmethod
     def read(stack):
@@ -80,6 +88,10 @@ class ThreadLocalListAccess(object):
 
 class PublicApiAccess(object):
     """Any other ``LocalStack``: only ``push``, ``pop``, ``stack`` and ``len``."""
+
+    @staticmethod
+    def target(stack):
+        return stack
 
     @staticmethod
     def read(stack):

@@ -31,8 +31,9 @@ from celery import _state
 from celery_ctxthread._compat import copy_context
 from celery_ctxthread._stacks import access_for
 
-_TASK_STACK = _state._task_stack
-_TASK_STACK_ACCESS = access_for(_TASK_STACK)
+_TASK_ACCESS = access_for(_state._task_stack)
+_TASK_TARGET = _TASK_ACCESS.target(_state._task_stack)
+_TASK_PUSH = (_TASK_ACCESS.push, _TASK_ACCESS.restore, _TASK_TARGET)
 _APP_LOCAL = _state._tls
 
 
@@ -47,7 +48,8 @@ class TaskContext(object):
     __slots__ = ('_app', '_pushes', '_request', '_task', '_vars')
 
     def __init__(self, pushes, task, request, app, vars):
-        # pushes: ((stack, access, items), ...), task stack first.
+        # pushes: ((push, restore, target, items), ...), task stack first;
+        # the accessor's functions are looked up once here, not per run.
         self._pushes = pushes
         self._task = task
         self._request = request
@@ -89,14 +91,18 @@ class TaskContext(object):
         if app is not None:
             previous_app = _APP_LOCAL.current_app
             _APP_LOCAL.current_app = app
-        tokens = [access.push(stack, items) for stack, access, items in self._pushes]
+        pushes = self._pushes
+        tokens = [push(target, items) for push, _, target, items in pushes]
         try:
             if self._vars is None:
                 return fn(*args, **kwargs)
             return self._vars.copy().run(fn, *args, **kwargs)
         finally:
-            for (stack, access, _), token in zip(self._pushes[::-1], tokens[::-1]):
-                access.restore(stack, token)
+            index = len(pushes)
+            while index:  # last pushed, first restored
+                index -= 1
+                _, restore, target, _ = pushes[index]
+                restore(target, tokens[index])
             if app is not None:
                 _APP_LOCAL.current_app = previous_app
 
@@ -115,20 +121,21 @@ def capture():
     Cheap enough to call per job.  Outside any task it returns a shared empty
     snapshot, and running under it is exactly calling the function.
     """
-    tasks = _TASK_STACK_ACCESS.read(_TASK_STACK)
+    tasks = _TASK_ACCESS.read(_TASK_TARGET)
     if not tasks:
         return _EMPTY
-    pushes = [(_TASK_STACK, _TASK_STACK_ACCESS, tasks)]
+    pushes = [_TASK_PUSH + (tasks,)]
     top_requests = {}
     for task in tasks:
         stack = getattr(task, 'request_stack', None)  # None on an unbound task class
         if stack is None or id(stack) in top_requests:
             continue
         access = access_for(stack)
-        requests = access.read(stack)
+        target = access.target(stack)
+        requests = access.read(target)
         top_requests[id(stack)] = requests[-1] if requests else None
         if requests:
-            pushes.append((stack, access, requests[-1:]))
+            pushes.append((access.push, access.restore, target, requests[-1:]))
     top_task = tasks[-1]
     request = top_requests.get(id(getattr(top_task, 'request_stack', None)))
     vars = copy_context() if copy_context is not None else None

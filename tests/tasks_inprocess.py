@@ -27,6 +27,10 @@ def other(self):
     return self.request.id
 
 
+# The tracer pushes the task object itself, not the proxy the decorator returns.
+probe, other = probe._get_current_object(), other._get_current_object()
+
+
 @contextlib.contextmanager
 def running(task, task_id='task-1', app_current=True):
     """Push ``task`` and a request for ``task_id`` as the worker's tracer does."""
