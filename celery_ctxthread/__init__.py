@@ -11,6 +11,7 @@
 See the README and docs/ for every entry point.
 """
 
+from celery_ctxthread import worker  # noqa: F401  (connects the worker-wide switch)
 from celery_ctxthread.context import TaskContext, capture, wrap
 from celery_ctxthread.futures import TaskThreadPoolExecutor, submit
 from celery_ctxthread.patch import install, installed, uninstall

@@ -30,6 +30,7 @@ from celery import _state
 
 from celery_ctxthread._compat import copy_context
 from celery_ctxthread._stacks import access_for
+from celery_ctxthread.late import ensure_guard
 
 _TASK_ACCESS = access_for(_state._task_stack)
 _TASK_TARGET = _TASK_ACCESS.target(_state._task_stack)
@@ -113,6 +114,13 @@ class TaskContext(object):
 
 
 _EMPTY = TaskContext((), None, None, None, None)
+_guard_ready = False
+
+
+def _set_guard_up():
+    global _guard_ready
+    ensure_guard()
+    _guard_ready = True
 
 
 def capture():
@@ -124,6 +132,8 @@ def capture():
     tasks = _TASK_ACCESS.read(_TASK_TARGET)
     if not tasks:
         return _EMPTY
+    if not _guard_ready:
+        _set_guard_up()
     pushes = [_TASK_PUSH + (tasks,)]
     top_requests = {}
     for task in tasks:

@@ -1,0 +1,5 @@
+import logging
+
+logger: logging.Logger
+
+def ensure_guard() -> None: ...

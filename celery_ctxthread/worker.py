@@ -1,0 +1,50 @@
+"""Turn :func:`~celery_ctxthread.install` on for a whole worker, from configuration.
+
+Set either of these, and have the worker import ``celery_ctxthread`` (your
+task modules importing it is enough; else add it to the ``imports`` setting)::
+
+    app.conf.ctxthread_install = True        # the setting
+    CELERY_CTXTHREAD_INSTALL=1 celery -A proj worker   # or the environment
+
+The worker then installs the patch in its main process (``worker_init``,
+before the pool starts: forked prefork children inherit it) and again in each
+pool process (``worker_process_init``: idempotent).  The environment variable
+wins over the setting, so ``CELERY_CTXTHREAD_INSTALL=0`` turns it off.
+"""
+
+import os
+
+from celery.signals import worker_init, worker_process_init
+
+from celery_ctxthread.patch import install
+
+SETTING = 'ctxthread_install'
+ENVIRONMENT_VARIABLE = 'CELERY_CTXTHREAD_INSTALL'
+_TRUE = ('1', 'true', 'yes', 'on')
+_FALSE = ('', '0', 'false', 'no', 'off')
+
+
+def wanted(app):
+    """Return True when the environment or ``app.conf`` asks for the switch."""
+    value = os.environ.get(ENVIRONMENT_VARIABLE)
+    if value is not None:
+        value = value.strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise ValueError(
+                '%s=%r: expected one of %s'
+                % (ENVIRONMENT_VARIABLE, value, ', '.join(_TRUE + _FALSE[1:]))
+            )
+        return value in _TRUE
+    return bool(app is not None and app.conf.get(SETTING, False))
+
+
+def _install_if_wanted(sender=None, **kwargs):
+    app = getattr(sender, 'app', None)
+    if app is None:  # worker_process_init has no sender
+        from celery import current_app as app
+    if wanted(app):
+        install()
+
+
+worker_init.connect(_install_if_wanted, weak=False, dispatch_uid=__name__ + '.worker_init')
+worker_process_init.connect(_install_if_wanted, weak=False, dispatch_uid=__name__ + '.process')

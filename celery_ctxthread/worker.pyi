@@ -1,0 +1,6 @@
+from celery import Celery
+
+SETTING: str
+ENVIRONMENT_VARIABLE: str
+
+def wanted(app: Celery | None) -> bool: ...
