@@ -1,0 +1,27 @@
+# Every target runs through tox (installed by .ci/grid-bootstrap), so a fresh
+# machine needs only the pyenv interpreters and, for the real-server tests,
+# rabbitmq-server and redis-server.
+GRID := .ci/grid-bootstrap run
+
+.PHONY: test lint types docs grid bench demo
+
+test:           ## lint, types, docs and the whole grid, as CI runs it
+	.ci/test
+
+lint:
+	$(GRID) -e lint
+
+types:
+	$(GRID) -e types
+
+docs:
+	$(GRID) -e docs
+
+grid:           ## only the interpreter x Celery grid
+	$(GRID) -p auto
+
+bench:
+	$(GRID) -e bench
+
+demo:
+	python -m celery_ctxthread demo
