@@ -5,7 +5,7 @@ A propagated thread shares its task's request.  When the task ends (Celery's
 finished, and ``Task.update_state`` for it, from any thread, then stores
 nothing and logs one warning per thread naming the task and the thread::
 
-    celery_ctxthread.late: task 3f2a… ended; ignored update_state('PROGRESS')
+    celery_ctxthread.late: task 3f2a9c1e-... ended; ignored update_state('PROGRESS')
     from thread 'Thread-7' that outlived it
 
 Without this, Redis and the database backend let a straggler turn a stored

@@ -18,7 +18,9 @@ from celery.signals import worker_init, worker_process_init
 
 from celery_ctxthread.patch import install
 
+#: The app setting that turns the switch on.
 SETTING = 'ctxthread_install'
+#: The environment variable that turns it on or off; it wins over the setting.
 ENVIRONMENT_VARIABLE = 'CELERY_CTXTHREAD_INSTALL'
 _TRUE = ('1', 'true', 'yes', 'on')
 _FALSE = ('', '0', 'false', 'no', 'off')

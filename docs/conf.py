@@ -1,0 +1,83 @@
+"""Sphinx configuration: build with ``sphinx-build -W --keep-going -b html docs docs/_build/html``.
+
+No network access: only ``sphinx.ext.autodoc``, no intersphinx.
+"""
+
+import io
+import os
+import re
+import sys
+
+DOCS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(DOCS)
+sys.path.insert(0, REPO)  # autodoc imports the package from this checkout
+
+import celery_ctxthread  # noqa: E402
+
+project = 'celery-ctxthread'
+author = 'the celery-ctxthread authors'
+copyright = '2026, ' + author
+version = release = celery_ctxthread.__version__
+
+extensions = ['sphinx.ext.autodoc']
+exclude_patterns = ['_build', 'examples']
+root_doc = master_doc = 'index'
+pygments_style = 'sphinx'
+
+autodoc_member_order = 'bysource'
+autodoc_typehints = 'none'  # the stubs are for type checkers; the prose says it
+add_module_names = False
+
+html_theme = 'alabaster'
+html_theme_options = {
+    'description': "Celery's task context in the threads your tasks start",
+    'fixed_sidebar': True,
+}
+html_static_path = []
+
+# -- :test:`name` ------------------------------------------------------------
+# Names a test under tests/ that produces what the page claims.  The build
+# fails (-W) when no test of that name exists, so a renamed test cannot leave
+# a page pointing at nothing.  A name in PENDING_TESTS is a test still to be
+# written: it renders with "(to be written)" and must be taken out of the set
+# once the test exists.
+PENDING_TESTS = {'test_baseline_hand_passed_task_id_loses_extended_fields'}
+
+
+def _test_files():
+    tests = os.path.join(REPO, 'tests')
+    for name in sorted(os.listdir(tests)):
+        if name.startswith('test_') and name.endswith('.py'):
+            with io.open(os.path.join(tests, name), encoding='utf-8') as handle:
+                yield name, handle.read()
+
+
+def _where(test_name):
+    pattern = re.compile(r'^\s*def %s\(' % re.escape(test_name), re.M)
+    for name, text in _test_files():
+        if pattern.search(text):
+            return name
+    return None
+
+
+def test_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    from docutils import nodes
+
+    test_name = text.strip()
+    where = _where(test_name)
+    if test_name in PENDING_TESTS:
+        if where is not None:
+            message = inliner.reporter.warning(
+                'test %r exists now: remove it from PENDING_TESTS in conf.py' % test_name,
+                line=lineno,
+            )
+            return [nodes.literal(rawtext, test_name)], [message]
+        return [nodes.literal(rawtext, test_name), nodes.Text(' (to be written)')], []
+    if where is None:
+        message = inliner.reporter.warning('no test named %r under tests/' % test_name, line=lineno)
+        return [nodes.literal(rawtext, test_name)], [message]
+    return [nodes.literal(rawtext, 'tests/%s::%s' % (where, test_name))], []
+
+
+def setup(app):
+    app.add_role('test', test_role)

@@ -1,0 +1,352 @@
+"""Every code sample in the docs runs here, and does what its page says.
+
+The pages show only ``docs/examples/*.py`` (through ``literalinclude``) and
+the docstrings that ``docs/api.rst`` pulls in.  Each example is imported
+under its own module name and run against a real Celery app in eager mode
+(broker ``memory://``, backend ``cache+memory://``).  The docstrings' code
+must appear in an example (so it runs there) or be listed below with the
+reason it is shown differently.
+"""
+
+from __future__ import absolute_import
+
+import doctest
+import inspect
+import io
+import os
+import re
+import sys
+import textwrap
+import time
+
+import celery
+import pytest
+from celery import _state
+from celery.signals import worker_init
+
+import celery_ctxthread as cct
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs')
+EXAMPLES = os.path.join(DOCS, 'examples')
+EAGER = {
+    'broker_url': 'memory://',
+    'result_backend': 'cache+memory://',
+    'task_always_eager': True,
+    'task_eager_propagates': True,
+}
+
+try:
+    import contextvars
+except ImportError:  # Python 2.7
+    contextvars = None
+
+needs_contextvars = pytest.mark.skipif(
+    contextvars is None, reason='contextvars: Python 3.7+, or the backport on 3.6'
+)
+
+
+def _import_file(name, path):
+    if sys.version_info[0] == 2:
+        import imp
+
+        return imp.load_source(name, path)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(name):
+    """Import ``docs/examples/<name>.py`` once; its app runs tasks eagerly."""
+    module_name = 'cct_docs_example_' + name
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    previous_app = _state._tls.current_app  # Celery(...) makes itself current
+    try:
+        module = _import_file(module_name, os.path.join(EXAMPLES, name + '.py'))
+    finally:
+        _state._tls.current_app = previous_app
+    module.app.conf.update(EAGER)
+    return module
+
+
+def stored(module, task_id):
+    """(state, meta) in the backend.  Celery refuses (4.3) or warns (4.4+) when
+    results are read in eager mode, as only update_state stores there."""
+    conf = module.app.conf
+    conf.task_always_eager = False
+    try:
+        meta = module.app.backend.get_task_meta(task_id)
+    finally:
+        conf.task_always_eager = True
+    return meta['status'], meta['result']
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+def no_install():
+    """Leave install() as the test found it."""
+    was_installed = cct.installed()
+    yield
+    if not was_installed:
+        cct.uninstall()
+
+
+# ------------------------------------------------------------ the pages
+
+
+def test_why_a_plain_thread_loses_the_task():
+    bug = load('bug')
+    seen = bug.crunch.delay().get()
+    assert seen['current_task'] is None
+    assert seen['request_id'] is None
+    if celery.VERSION >= (5, 3):  # before 5.3 nothing checks the id
+        assert 'task_id must not be empty' in seen['error']
+
+
+def test_taskthread_sees_the_task_and_stores_progress():
+    example = load('taskthread')
+    result = example.crunch.delay([1, 2, 3])
+    assert result.get() == result.id
+    status, meta = stored(example, result.id)
+    assert status == 'PROGRESS'  # eager mode does not store the final SUCCESS
+    assert meta['part'] in (1, 2, 3)
+
+
+def test_tasktimer_fires_in_the_task():
+    example = load('timer')
+    result = example.convert.delay(0.5, warn_after=0.05)
+    assert result.get() == 0.5
+    assert stored(example, result.id)[0] == 'SLOW'
+    in_time = example.convert.delay(0.0)
+    assert stored(example, in_time.id)[0] == 'PENDING'
+
+
+def test_shared_executor_gives_each_job_its_submitter():
+    example = load('shared_executor')
+    urls = ['a', 'b', 'c', 'd']
+    for _ in range(2):
+        result = example.fetch_all.delay(urls)
+        assert result.get() == [(url, result.id) for url in urls]
+
+
+def test_submit_runs_each_job_in_the_task():
+    example = load('submit')
+    result = example.compare.delay('a', 'b')
+    assert result.get() == [('a', result.id), ('b', result.id)]
+
+
+def test_one_snapshot_runs_in_many_threads_at_once():
+    example = load('capture_run')
+    result = example.fan_out.delay(3)
+    assert result.get() == [result.id] * 3
+
+
+def test_wrap_runs_in_a_third_party_pool():
+    example = load('third_party_pool')
+    result = example.crunch.delay(3)
+    assert result.get() == 3
+    assert stored(example, result.id) == ('PROGRESS', {'step': 3})
+
+
+def test_install_covers_library_threads_and_opt_out_leaves_one_out(no_install):
+    example = load('install_patch')
+    assert cct.installed()
+    result = example.uses_a_library.delay()
+    assert result.get() == [result.id, result.id]
+    assert wait_until(lambda: example.watchdog_saw)
+    assert example.watchdog_saw == [None]
+
+
+class _Worker(object):
+    def __init__(self, app):
+        self.app = app
+
+
+def test_worker_switch_installs_from_the_setting(no_install, monkeypatch):
+    monkeypatch.delenv(cct.worker.ENVIRONMENT_VARIABLE, raising=False)
+    example = load('worker_switch')
+    cct.uninstall()
+    worker_init.send(sender=_Worker(example.app))
+    assert cct.installed()
+
+
+def test_worker_switch_environment_wins(monkeypatch):
+    example = load('worker_switch')
+    monkeypatch.setenv(cct.worker.ENVIRONMENT_VARIABLE, '0')
+    assert not cct.worker.wanted(example.app)
+    monkeypatch.setenv(cct.worker.ENVIRONMENT_VARIABLE, '1')
+    assert cct.worker.wanted(celery.Celery('other', set_as_current=False))
+
+
+def test_eager_mode_example_passes():
+    load('eager_mode').test_threads_see_the_eager_task()
+
+
+@needs_contextvars
+def test_each_job_gets_a_fresh_copy_of_its_submitters_contextvars():
+    example = load('contextvars_pool')
+    first = example.report.delay('a')
+    second = example.report.delay('b')  # same pool thread as the first job
+    assert first.get() == ('a', first.id)
+    assert second.get() == ('b', second.id)
+
+
+def _green_example(example):
+    result = example.crunch.delay([1, 2])
+    assert result.get() == [(1, result.id), (2, result.id)]
+
+
+def test_gevent_spawn_with_wrap():
+    pytest.importorskip('gevent')
+    _green_example(load('gevent_spawn'))
+
+
+def test_eventlet_spawn_with_wrap():
+    pytest.importorskip('eventlet')
+    _green_example(load('eventlet_spawn'))
+
+
+# ------------------------------------------- every sample is one of these
+
+
+def _page_texts():
+    for name in sorted(os.listdir(DOCS)):
+        if name.endswith('.rst'):
+            with io.open(os.path.join(DOCS, name), encoding='utf-8') as handle:
+                yield name, handle.read()
+
+
+def test_pages_show_code_only_from_examples():
+    included = set()
+    for name, text in _page_texts():
+        directives = r'^\s*\.\. (?:code-block|code|sourcecode)::\s*(\S*)'
+        for language in re.findall(directives, text, re.M):
+            assert language in ('console', 'text'), '%s: a %r block; use docs/examples/' % (
+                name,
+                language,
+            )
+        assert '>>>' not in text, '%s: a doctest block; use docs/examples/' % name
+        for path in re.findall(r'^\s*\.\. literalinclude::\s*(\S+)', text, re.M):
+            assert path.startswith('examples/'), (name, path)
+            included.add(path[len('examples/') :])
+    examples = {n for n in os.listdir(EXAMPLES) if n.endswith('.py')}
+    assert included == examples, 'examples not shown on any page, or missing'
+    for name in examples:  # the pages show each from line 3 (`:lines: 3-`)
+        with io.open(os.path.join(EXAMPLES, name), encoding='utf-8') as handle:
+            first, second = handle.readline(), handle.readline()
+        assert first.startswith('"""') and first.rstrip().endswith('"""'), name
+        assert not second.strip(), name
+    tested = set(re.findall(r"load\('(\w+)'\)", _source_of_this_file()))
+    assert tested == {n[:-3] for n in examples}, 'every example needs a test here'
+
+
+def _source_of_this_file():
+    with io.open(__file__.replace('.pyc', '.py'), encoding='utf-8') as handle:
+        return handle.read()
+
+
+# Docstring lines that api.rst shows but that no example runs as written.
+NOT_RUN_AS_SHOWN = {
+    # The example takes the delay as an argument, so the test need not wait 5 s.
+    "cct.TaskTimer(5.0, self.update_state, kwargs={'state': 'SLOW'}).start()": (
+        'timer.py',
+        "cct.TaskTimer(warn_after, self.update_state, kwargs={'state': 'SLOW'})",
+    ),
+}
+# Lines of literal blocks that are not Python.
+NOT_PYTHON = (
+    'CELERY_CTXTHREAD_INSTALL=1 celery',  # shell: test_worker_switch_environment_wins
+    'celery_ctxthread.late: task ',  # log output: tests/test_late_and_switch.py
+    'from thread ',
+)
+
+
+def _documented_objects():
+    """(name, object) for each autodoc directive in api.rst, members included."""
+    with io.open(os.path.join(DOCS, 'api.rst'), encoding='utf-8') as handle:
+        text = handle.read()
+    module = 'celery_ctxthread'
+    found = []
+    for kind, name in re.findall(r'^\.\. (currentmodule|module|auto\w+)::\s*([\w.]+)', text, re.M):
+        if kind in ('currentmodule', 'module', 'automodule'):
+            module = name
+            if kind != 'automodule':
+                continue
+        path = name if kind == 'automodule' or '.' in name else module + '.' + name
+        obj = sys.modules[path] if kind == 'automodule' else _resolve(path)
+        found.append((path, obj))
+        if inspect.isclass(obj):
+            found.extend(
+                (path + '.' + attr, value)
+                for attr, value in sorted(vars(obj).items())
+                if not attr.startswith('_') and getattr(value, '__doc__', None)
+            )
+    assert len(found) > 10, found
+    return found
+
+
+def _resolve(path):
+    module, _, attr = path.rpartition('.')
+    __import__(module)
+    return getattr(sys.modules[module], attr)
+
+
+def _literal_blocks(doc):
+    lines = inspect.cleandoc(doc).splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
+        if not line.rstrip().endswith('::'):
+            continue
+        block = []
+        while index < len(lines) and (not lines[index].strip() or lines[index][:1] == ' '):
+            block.append(lines[index])
+            index += 1
+        yield textwrap.dedent('\n'.join(block)).strip()
+
+
+def _normalize(line):
+    return ' '.join(line.split('  #')[0].split())
+
+
+def _example_lines():
+    lines = set()
+    for name in os.listdir(EXAMPLES):
+        if name.endswith('.py'):
+            with io.open(os.path.join(EXAMPLES, name), encoding='utf-8') as handle:
+                lines.update((name, _normalize(line)) for line in handle)
+    return lines
+
+
+def test_docstring_samples_run_in_an_example():
+    examples = _example_lines()
+    missing = []
+    for path, obj in _documented_objects():
+        for block in _literal_blocks(getattr(obj, '__doc__', None) or ''):
+            if block.startswith('>>>'):
+                test = doctest.DocTestParser().get_doctest(block, {}, path, None, 0)
+                runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+                runner.run(test)
+                assert runner.failures == 0, path
+                continue
+            for line in block.splitlines():
+                line = _normalize(line)
+                if not line or line.startswith('#') or line.startswith(NOT_PYTHON):
+                    continue
+                where, line = NOT_RUN_AS_SHOWN.get(line, (None, line))
+                if not any(line in text for name, text in examples if where in (None, name)):
+                    missing.append('%s: %s' % (path, line))
+    assert not missing, 'docstring code no example runs:\n' + '\n'.join(missing)
