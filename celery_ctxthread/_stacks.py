@@ -6,7 +6,7 @@ Every Celery from 4.3 to 5.7 ships two stack flavours, chosen at import by
 - ``_LocalStack`` (the default): ``{ident: {'stack': [...]}}`` in a ``Local``,
   keyed by thread or greenlet.  Its public ``push``/``top``/``pop`` raise and
   catch ``AttributeError`` on a thread with no entry yet, which costs about
-  10 µs a push/pop pair: as much as the thread-pool round trip we ride on.
+  10 us a push/pop pair: as much as the thread-pool round trip we ride on.
 - ``_FastLocalStack``: a ``threading.local`` whose ``push``/``pop`` are bound
   to the per-thread ``stack`` list.
 
