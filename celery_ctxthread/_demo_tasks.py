@@ -93,7 +93,7 @@ class Progress(object):
     def __init__(self, task, names):
         self.task = task
         self.names = names
-        self.steps = dict((name, 0) for name in names)
+        self.steps = dict.fromkeys(names, 0)
         self.errors = []
         self.seen_in_thread = None
         self.lock = threading.Lock()
