@@ -206,8 +206,14 @@ def _one_line(exc):
 
 
 # Client libraries that kombu and Celery import only when a URL needs them.
-LIBRARIES = {'redis': 'redis', 'rediss': 'redis', 'sentinel': 'redis',
-             'sqla': 'sqlalchemy', 'db': 'sqlalchemy', 'mongodb': 'pymongo'}
+LIBRARIES = {
+    'redis': 'redis',
+    'rediss': 'redis',
+    'sentinel': 'redis',
+    'sqla': 'sqlalchemy',
+    'db': 'sqlalchemy',
+    'mongodb': 'pymongo',
+}
 
 
 def check_connections(app, urls):

@@ -1,6 +1,7 @@
 """``python -m celery_ctxthread demo``, run as a user would: a subprocess, on the
 embedded broker and backend (no server needed).  Every wait is bounded.
 """
+
 from __future__ import absolute_import, print_function
 
 import os
@@ -17,8 +18,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = [sys.executable, '-m', 'celery_ctxthread', 'demo']
 FAST = ['--threads', '3', '--steps', '4', '--delay', '0.05']
-SUMMARY_ROW = re.compile(
-    r'^\s+(\d)\s+(\S+)\s+(\d+)\s+(\d+)/(\d+)\s+([A-Z]+)\s*(.*)$', re.MULTILINE)
+SUMMARY_ROW = re.compile(r'^\s+(\d)\s+(\S+)\s+(\d+)\s+(\d+)/(\d+)\s+([A-Z]+)\s*(.*)$', re.MULTILINE)
 posix_only = pytest.mark.skipif(os.name != 'posix', reason='signals and process groups')
 
 
@@ -30,8 +30,9 @@ def _env():
 
 
 def _popen(args):
-    return subprocess.Popen(DEMO + args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        DEMO + args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def run_demo(args, timeout):
@@ -51,7 +52,7 @@ def run_demo(args, timeout):
 
 def summary(out):
     """{run number: (thread class, updates, steps shown, total, state, error)}."""
-    return dict((int(m[0]), m[1:]) for m in SUMMARY_ROW.findall(out))
+    return {int(m[0]): m[1:] for m in SUMMARY_ROW.findall(out)}
 
 
 def closed_port():
@@ -103,11 +104,14 @@ def test_plain_output_shows_the_error_from_the_threads():
     assert 'error in the threads:' in run1 or 'dropped silently' in run1
 
 
-@pytest.mark.parametrize('args', [
-    ['--broker', 'amqp://demo:s3cret@127.0.0.1:%d//' % closed_port()],
-    ['--broker', 'nosuchtransport://demo:s3cret@localhost//'],
-    ['--backend', 'nosuchbackend://demo:s3cret@localhost/'],
-])
+@pytest.mark.parametrize(
+    'args',
+    [
+        ['--broker', 'amqp://demo:s3cret@127.0.0.1:%d//' % closed_port()],
+        ['--broker', 'nosuchtransport://demo:s3cret@localhost//'],
+        ['--backend', 'nosuchbackend://demo:s3cret@localhost/'],
+    ],
+)
 def test_bad_url_is_one_line_and_fast(args):
     code, out, err, elapsed = run_demo(args, timeout=30)
     assert code != 0
@@ -153,6 +157,7 @@ def _read_until_run(process, number):
 
 @pytest.mark.parametrize('args', [['--help'], ['demo', '--help']])
 def test_help(args):
-    output = subprocess.check_output([sys.executable, '-m', 'celery_ctxthread'] + args,
-                                     cwd=ROOT, env=_env())
+    output = subprocess.check_output(
+        [sys.executable, '-m', 'celery_ctxthread'] + args, cwd=ROOT, env=_env()
+    )
     assert b'usage:' in output
