@@ -25,6 +25,8 @@ the function, like the stdlib does.
 """
 
 import functools
+import threading
+import weakref
 
 from celery import _state
 
@@ -36,6 +38,10 @@ _TASK_ACCESS = access_for(_state._task_stack)
 _TASK_TARGET = _TASK_ACCESS.target(_state._task_stack)
 _TASK_PUSH = (_TASK_ACCESS.push, _TASK_ACCESS.restore, _TASK_TARGET)
 _APP_LOCAL = _state._tls
+# This thread's newest snapshot, held weakly: consecutive captures of the same
+# context (a map() over many jobs) share one object, so jobs waiting in a
+# queue keep few objects alive for the garbage collector to walk.
+_newest = threading.local()
 
 
 class TaskContext(object):
@@ -46,7 +52,7 @@ class TaskContext(object):
     captures it again).
     """
 
-    __slots__ = ('_app', '_pushes', '_request', '_task', '_vars')
+    __slots__ = ('__weakref__', '_app', '_pushes', '_request', '_task', '_vars')
 
     def __init__(self, pushes, task, request, app, vars):
         # pushes: ((push, restore, target, items), ...), task stack first;
@@ -146,10 +152,27 @@ def capture():
         top_requests[id(stack)] = requests[-1] if requests else None
         if requests:
             pushes.append((access.push, access.restore, target, requests[-1:]))
+    pushes = tuple(pushes)
+    app = _APP_LOCAL.current_app
+    vars = copy_context() if copy_context is not None else None
+    newest = getattr(_newest, 'ref', _dead_ref)()
+    # Tasks and requests compare by identity; contexts by content (O(1) when unchanged).
+    if (
+        newest is not None
+        and newest._pushes == pushes
+        and newest._app is app
+        and newest._vars == vars
+    ):
+        return newest
     top_task = tasks[-1]
     request = top_requests.get(id(getattr(top_task, 'request_stack', None)))
-    vars = copy_context() if copy_context is not None else None
-    return TaskContext(tuple(pushes), top_task, request, _APP_LOCAL.current_app, vars)
+    context = TaskContext(pushes, top_task, request, app, vars)
+    _newest.ref = weakref.ref(context)
+    return context
+
+
+def _dead_ref():
+    return None
 
 
 def wrap(fn):

@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from celery_ctxthread._compat import set_exception
-from celery_ctxthread.context import capture
+from celery_ctxthread.context import TaskContext, capture
 from celery_ctxthread.threads import TaskThread, _pool_worker_starts
 
 # Saved at import, before install() can replace it: our executor calls it
@@ -36,12 +36,15 @@ def submit_in_context(submit, args, kwargs):
     if len(args) < 2:
         return submit(*args, **kwargs)  # the stdlib raises its own TypeError
     context = capture()
+    if context.task is None:
+        # Nothing to propagate: a worker thread this submit() starts would
+        # capture the same empty context, so the flag below is not needed.
+        return submit(*args, **kwargs)
     was_active = getattr(_pool_worker_starts, 'active', False)
     _pool_worker_starts.active = True
     try:
-        if context.task is None:
-            return submit(*args, **kwargs)
-        return submit(args[0], context.call, args[1], args[2:], kwargs)
+        # The plain function, not a bound method: one object less per queued job.
+        return submit(args[0], TaskContext.call, context, args[1], args[2:], kwargs)
     finally:
         _pool_worker_starts.active = was_active
 

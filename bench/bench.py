@@ -1,0 +1,680 @@
+"""Benchmarks for celery-ctxthread: what propagation costs, next to its peers.
+
+Run from the repository root (the checkout is measured, installed or not)::
+
+    python bench/bench.py            # full run: a few minutes
+    python bench/bench.py --quick    # CI smoke: small N, well under a minute
+
+Optional peers (``pip install -r bench/requirements.txt``): OpenTelemetry's
+``ThreadingInstrumentor`` and Sentry's ``ThreadingIntegration``; without them
+their rows say so.
+
+Every comparison runs its variants *interleaved*, round by round (the order
+flips every round), after a warm-up, so that machine noise hits all of them.
+A ratio is the median of the per-round ratios; a time is the median over the
+rounds, with the interquartile range.  Each group runs in its own subprocess:
+``USE_FAST_LOCALS`` is read when Celery is imported, and the peers' patches
+are process-wide.
+
+The targets are printed next to the measured ratios as PASS/MISS.  A timing
+never makes this script fail; only a leak found by the weakref check does.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor, wait
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # measure this checkout
+
+# (quick, full) sizes: operations per round, and rounds.
+SIZES = {
+    'map_jobs': (4000, 100000),
+    'thread_ops': (200, 2000),
+    'call_ops': (20000, 200000),
+    'submit_ops': (1000, 10000),
+    'rounds': (5, 9),
+    'memory_jobs': (20000, 1000000),
+    'tracemalloc_jobs': (5000, 1000000),
+}
+
+TARGETS = {
+    'map': 1.10,
+    'thread': 1.05,
+    'outside': 1.02,
+    'rss_mb': 1.0,
+}
+
+
+def noop(*args):
+    return None
+
+
+# --------------------------------------------------------------- harness
+
+
+def quantiles(values):
+    """(q1, median, q3) by linear interpolation; no statistics module on old Pythons."""
+    ordered = sorted(values)
+
+    def at(fraction):
+        position = fraction * (len(ordered) - 1)
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    return at(0.25), at(0.5), at(0.75)
+
+
+def compare(variants, ops, rounds, warmup=1):
+    """Time ``variants`` (name -> fn(ops) -> seconds), interleaved round by round.
+
+    Returns name -> {'median', 'q1', 'q3'} in µs per operation, and for every
+    variant after the first, 'ratio': the median of its per-round ratios to
+    the first (the baseline).
+    """
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name](max(1, ops // 10))
+    samples = {name: [] for name in names}
+    for index in range(rounds):
+        order = names if index % 2 == 0 else names[::-1]
+        for name in order:
+            gc.collect()
+            samples[name].append(variants[name](ops) / ops * 1e6)
+    result = {}
+    baseline = samples[names[0]]
+    for name in names:
+        q1, median, q3 = quantiles(samples[name])
+        result[name] = {'median': median, 'q1': q1, 'q3': q3}
+        if name != names[0]:
+            ratios = [mine / base for mine, base in zip(samples[name], baseline)]
+            result[name]['ratio'] = quantiles(ratios)[1]
+    return result
+
+
+def timed(fn):
+    """Wrap ``fn(ops)`` (which does the work) into ``fn(ops) -> seconds``."""
+
+    def run(ops):
+        start = time.perf_counter()
+        fn(ops)
+        return time.perf_counter() - start
+
+    return run
+
+
+def size(name, quick):
+    return SIZES[name][0 if quick else 1]
+
+
+# --------------------------------------------------------------- workloads
+
+
+def map_with(executor):
+    return timed(lambda ops: list(executor.map(noop, range(ops))))
+
+
+def threads_of(thread_class):
+    def run(ops):
+        for _ in range(ops):
+            thread = thread_class(target=noop)
+            thread.start()
+            thread.join()
+
+    return timed(run)
+
+
+def submit_result_with(executor):
+    def run(ops):
+        for _ in range(ops):
+            executor.submit(noop).result()
+
+    return timed(run)
+
+
+def submit_batch_with(executor, make_job=None):
+    """``ops`` submits, then wait for all: the per-submit cost, with the job's."""
+
+    def run(ops):
+        submit = executor.submit
+        if make_job is None:
+            futures = [submit(noop) for _ in range(ops)]
+        else:
+            futures = [submit(make_job()) for _ in range(ops)]
+        wait(futures)
+
+    return timed(run)
+
+
+def calls_of(fn):
+    def run(ops):
+        for _ in range(ops):
+            fn()
+
+    return timed(run)
+
+
+def on_fresh_thread(run):
+    """``run(ops)`` timed on a new thread, as a pool worker would run it."""
+
+    def measure(ops):
+        box = []
+        thread = threading.Thread(target=lambda: box.append(run(ops)))
+        thread.start()
+        thread.join()
+        return box[0]
+
+    return measure
+
+
+# --------------------------------------------------------------- the task context
+
+
+def enter_task():
+    """Push a real task and request, exactly as Celery's tracer pushes them."""
+    import celery
+    from celery import _state
+    from celery.app.task import Context
+
+    app = celery.Celery('cct_bench', set_as_current=True)
+
+    @app.task(bind=True)
+    def bench_task(self):
+        return None
+
+    task = bench_task._get_current_object()  # the real task, not the proxy
+    _state._task_stack.push(task)
+    task.request_stack.push(
+        Context({'id': 'bench-task-id'}, args=(), kwargs={}, called_directly=False)
+    )
+    return app, task
+
+
+def leave_task(task):
+    from celery import _state
+
+    task.request_stack.pop()
+    _state._task_stack.pop()
+
+
+# --------------------------------------------------------------- suites (children)
+
+
+def suite_task(quick):
+    """Inside a task: every entry point against its bare equivalent."""
+    import celery_ctxthread as cct
+
+    _, task = enter_task()
+    rounds = size('rounds', quick)
+    results = {}
+    for workers in (1, 4):
+        bare = ThreadPoolExecutor(max_workers=workers)
+        ours = cct.TaskThreadPoolExecutor(max_workers=workers)
+        results['map_%dw' % workers] = compare(
+            {'bare': map_with(bare), 'ours': map_with(ours)}, size('map_jobs', quick), rounds
+        )
+        bare.shutdown()
+        ours.shutdown()
+    results['thread'] = compare(
+        {'bare': threads_of(threading.Thread), 'ours': threads_of(cct.TaskThread)},
+        size('thread_ops', quick),
+        rounds,
+    )
+    call_ops = size('call_ops', quick)
+    context = cct.capture()
+    assert context.task is task, 'the bench task is not captured'
+    results['wrap'] = compare(
+        {'bare': calls_of(noop), 'ours': calls_of(cct.wrap(noop))}, call_ops, rounds
+    )
+    results['capture'] = compare({'ours': calls_of(cct.capture)}, call_ops, rounds)
+    results['run'] = compare(
+        {
+            'bare': on_fresh_thread(calls_of(noop)),
+            'ours': on_fresh_thread(calls_of(lambda: context.run(noop))),
+        },
+        call_ops,
+        rounds,
+    )
+    leave_task(task)
+    return results
+
+
+def toggled(install, uninstall, fn):
+    """``fn`` timed with a process-wide patch on, and off again afterwards."""
+
+    def run(ops):
+        install()
+        try:
+            return fn(ops)
+        finally:
+            uninstall()
+
+    return run
+
+
+def suite_outside(quick):
+    """Outside any task: what install() costs everybody else in the process."""
+    import celery_ctxthread as cct
+
+    rounds = size('rounds', quick)
+    executor = ThreadPoolExecutor(max_workers=1)
+    results = {
+        'thread': compare(
+            {
+                'bare': threads_of(threading.Thread),
+                'ours': toggled(cct.install, cct.uninstall, threads_of(threading.Thread)),
+            },
+            size('thread_ops', quick),
+            rounds,
+        ),
+        'submit': compare(
+            {
+                'bare': submit_result_with(executor),
+                'ours': toggled(cct.install, cct.uninstall, submit_result_with(executor)),
+            },
+            size('submit_ops', quick),
+            rounds,
+        ),
+    }
+    executor.shutdown()
+    return results
+
+
+def peer_workloads(quick, thread_variant, submit_variant):
+    rounds = size('rounds', quick)
+    executor = ThreadPoolExecutor(max_workers=1)
+    results = {
+        'thread': compare(
+            {'bare': threads_of(threading.Thread), 'peer': thread_variant},
+            size('thread_ops', quick),
+            rounds,
+        ),
+        'submit': compare(
+            {'bare': submit_batch_with(executor), 'peer': submit_variant(executor)},
+            size('submit_ops', quick) * 5,
+            rounds,
+        ),
+    }
+    executor.shutdown()
+    return results
+
+
+def suite_peer_ours(quick):
+    """Ours, inside a task (where it does its work), default flavour."""
+    import celery_ctxthread as cct
+
+    _, task = enter_task()
+    ours = cct.TaskThreadPoolExecutor(max_workers=1)
+    results = peer_workloads(
+        quick, threads_of(cct.TaskThread), lambda executor: submit_batch_with(ours)
+    )
+    ours.shutdown()
+    leave_task(task)
+    return results
+
+
+def suite_peer_contextvars(quick):
+    """What the stdlib offers: a copy of the contextvars context per job."""
+    import contextvars
+
+    class ContextThread(threading.Thread):
+        def start(self):
+            context, run = contextvars.copy_context(), self.run
+            self.run = lambda: context.run(run)
+            return threading.Thread.start(self)
+
+    def submit_in_copy(executor):
+        def run(ops):
+            submit, copy = executor.submit, contextvars.copy_context
+            wait([submit(copy().run, noop) for _ in range(ops)])
+
+        return timed(run)
+
+    return peer_workloads(quick, threads_of(ContextThread), submit_in_copy)
+
+
+def patch_toggle(owner_attrs_on, owner_attrs_off):
+    def install():
+        for owner, name, value in owner_attrs_on:
+            setattr(owner, name, value)
+
+    def uninstall():
+        for owner, name, value in owner_attrs_off:
+            setattr(owner, name, value)
+
+    return install, uninstall
+
+
+def suite_peer_otel(quick):
+    from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+    instrumentor = ThreadingInstrumentor()
+    on, off = instrumentor.instrument, instrumentor.uninstrument
+    return peer_workloads(
+        quick,
+        toggled(on, off, threads_of(threading.Thread)),
+        lambda executor: toggled(on, off, submit_batch_with(executor)),
+    )
+
+
+def suite_peer_sentry(quick):
+    import sentry_sdk
+    from sentry_sdk.integrations.threading import ThreadingIntegration
+
+    originals = [
+        (threading.Thread, 'start', threading.Thread.__dict__['start']),
+        (ThreadPoolExecutor, 'submit', ThreadPoolExecutor.__dict__['submit']),
+    ]
+    sentry_sdk.init(
+        dsn='',
+        default_integrations=False,
+        integrations=[ThreadingIntegration(propagate_scope=True)],
+    )
+    patched = [(owner, name, owner.__dict__[name]) for owner, name, _ in originals]
+    assert patched != originals, 'sentry-sdk did not patch threading'
+    # Sentry cannot be uninstalled: toggle its patches by hand, round by round.
+    on, off = patch_toggle(patched, originals)
+    off()
+    return peer_workloads(
+        quick,
+        toggled(on, off, threads_of(threading.Thread)),
+        lambda executor: toggled(on, off, submit_batch_with(executor)),
+    )
+
+
+def rss_bytes():
+    with open('/proc/self/statm') as statm:  # resident pages, now
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def suite_memory(quick):
+    """RSS and tracemalloc around many jobs in a task; the weakref check."""
+    import tracemalloc
+
+    from celery.app.task import Context
+
+    import celery_ctxthread as cct
+
+    _, task = enter_task()
+    executor = cct.TaskThreadPoolExecutor(max_workers=4)
+
+    def jobs(count, batch=10000):
+        while count > 0:
+            list(executor.map(noop, range(min(batch, count))))
+            count -= batch
+
+    jobs(20000)  # warm-up: pool threads, free lists, arenas
+    gc.collect()
+    results = {'jobs': size('memory_jobs', quick)}
+    before = rss_bytes()
+    jobs(results['jobs'])
+    gc.collect()
+    results['rss_before'], results['rss_after'] = before, rss_bytes()
+    results['max_rss_kb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    results['traced_jobs'] = size('tracemalloc_jobs', quick)
+    tracemalloc.start()
+    gc.collect()
+    traced_before = tracemalloc.get_traced_memory()[0]
+    jobs(results['traced_jobs'])
+    gc.collect()
+    results['traced_growth'] = tracemalloc.get_traced_memory()[0] - traced_before
+    tracemalloc.stop()
+
+    # A request pushed for a while, jobs run under it, then popped and dropped.
+    request = Context({'id': 'short-lived'}, args=(), kwargs={}, called_directly=False)
+    task.request_stack.push(request)
+    jobs(1000)
+    cct.wrap(noop)()
+    thread = cct.TaskThread(target=noop)
+    thread.start()
+    thread.join()
+    task.request_stack.pop()
+    gone = weakref.ref(request)
+    del request, thread
+    gc.collect()
+    results['request_released'] = gone() is None
+    leave_task(task)
+    executor.shutdown()
+    return results
+
+
+SUITES = {
+    'task': suite_task,
+    'outside': suite_outside,
+    'peer-ours': suite_peer_ours,
+    'peer-contextvars': suite_peer_contextvars,
+    'peer-otel': suite_peer_otel,
+    'peer-sentry': suite_peer_sentry,
+    'memory': suite_memory,
+}
+
+
+# --------------------------------------------------------------- parent: run and report
+
+
+def run_child(suite, quick, env_extra=None):
+    command = [sys.executable, os.path.abspath(__file__), '--child', suite]
+    if quick:
+        command.append('--quick')
+    env = dict(os.environ)
+    env.pop('USE_FAST_LOCALS', None)
+    env.update(env_extra or {})
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=os.getcwd()
+    )
+    out, err = process.communicate()
+    if process.returncode != 0:
+        last = err.decode('utf-8', 'replace').strip().splitlines()[-1:] or ['?']
+        return {'error': last[0]}
+    return json.loads(out.decode('utf-8').strip().splitlines()[-1])
+
+
+def verdict(value, limit):
+    return 'PASS' if value <= limit else 'MISS'
+
+
+def us(cell):
+    return '%8.2f [%.2f-%.2f]' % (cell['median'], cell['q1'], cell['q3'])
+
+
+class Table(object):
+    def __init__(self, title, header):
+        self.title, self.rows = title, [header]
+
+    def add(self, *cells):
+        self.rows.append([str(cell) for cell in cells])
+
+    def render(self):
+        widths = [max(len(row[i]) for row in self.rows) for i in range(len(self.rows[0]))]
+        line = '  '.join('-' * width for width in widths)
+        out = [self.title, line]
+        for index, row in enumerate(self.rows):
+            out.append('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            if index == 0:
+                out.append(line)
+        out.append(line)
+        return '\n'.join(out)
+
+
+def report_task(results, verdicts):
+    header = ['measurement (in a task)', 'flavour', 'bare µs/op [IQR]', 'ours µs/op [IQR]']
+    table = Table('Inside a task context', header + ['ratio', 'target'])
+    labels = [
+        ('map_1w', 'TaskThreadPoolExecutor.map, 1 worker', 'map'),
+        ('map_4w', 'TaskThreadPoolExecutor.map, 4 workers', 'map'),
+        ('thread', 'TaskThread start+join', 'thread'),
+        ('wrap', 'wrap()ped call vs plain call', None),
+        ('run', 'TaskContext.run on a fresh thread', None),
+        ('capture', 'capture() alone', None),
+    ]
+    for flavour in ('LocalStack', 'USE_FAST_LOCALS'):
+        data = results[flavour]
+        if 'error' in data:
+            table.add('(failed: %s)' % data['error'], flavour, '', '', '', '')
+            continue
+        for key, label, target in labels:
+            cell = data[key]
+            if 'bare' not in cell:
+                table.add(label, flavour, '', us(cell['ours']), '', '')
+                continue
+            ratio = cell['ours']['ratio']
+            mark = ''
+            if target and flavour == 'LocalStack':
+                mark = '<= %.2fx %s' % (TARGETS[target], verdict(ratio, TARGETS[target]))
+                verdicts.append((label, mark))
+            table.add(label, flavour, us(cell['bare']), us(cell['ours']), '%.2fx' % ratio, mark)
+    return table.render()
+
+
+def report_outside(data, verdicts):
+    table = Table(
+        'Outside any task: install() active vs not',
+        ['measurement', 'bare µs/op [IQR]', 'installed µs/op [IQR]', 'ratio', 'target'],
+    )
+    if 'error' in data:
+        return 'Outside any task: failed: %s' % data['error']
+    for key, label in (
+        ('thread', 'threading.Thread start+join'),
+        ('submit', 'ThreadPoolExecutor submit().result()'),
+    ):
+        ratio = data[key]['ours']['ratio']
+        mark = '<= %.2fx %s' % (TARGETS['outside'], verdict(ratio, TARGETS['outside']))
+        verdicts.append(('install(), outside a task: ' + label, mark))
+        table.add(label, us(data[key]['bare']), us(data[key]['ours']), '%.2fx' % ratio, mark)
+    return table.render()
+
+
+PEERS = (
+    ('peer-ours', 'celery-ctxthread (in a task)'),
+    ('peer-contextvars', 'contextvars.copy_context().run'),
+    ('peer-otel', 'OpenTelemetry ThreadingInstrumentor'),
+    ('peer-sentry', 'Sentry ThreadingIntegration'),
+)
+
+
+def report_peers(results, verdicts):
+    table = Table(
+        'Peers: per-operation overhead over bare, same workload, one subprocess each',
+        ['propagation', 'workload', 'bare µs/op', 'with it µs/op', 'overhead µs', 'ratio'],
+    )
+    overheads = {}
+    for suite, label in PEERS:
+        data = results[suite]
+        if 'error' in data:
+            table.add(label, '(not run: %s)' % data['error'], '', '', '', '')
+            continue
+        for key, workload in (('thread', 'Thread start+join'), ('submit', 'executor submit')):
+            bare, peer = data[key]['bare'], data[key]['peer']
+            overhead = peer['median'] - bare['median']
+            overheads[(suite, key)] = overhead
+            table.add(
+                label,
+                workload,
+                '%.2f' % bare['median'],
+                '%.2f' % peer['median'],
+                '%+.2f' % overhead,
+                '%.2fx' % peer['ratio'],
+            )
+    for suite, label in PEERS[2:]:
+        for key in ('thread', 'submit'):
+            ours, theirs = overheads.get(('peer-ours', key)), overheads.get((suite, key))
+            if ours is None or theirs is None:
+                continue
+            mark = '%+.2f vs %+.2f µs %s' % (ours, theirs, 'PASS' if ours < theirs else 'MISS')
+            verdicts.append(('%s overhead below %s' % (key, label), mark))
+    return table.render()
+
+
+def report_memory(data, verdicts):
+    if 'error' in data:
+        return 'Memory: failed: %s' % data['error']
+    growth_mb = (data['rss_after'] - data['rss_before']) / 1e6
+    lines = [
+        'Memory (TaskThreadPoolExecutor, 4 workers, in a task)',
+        '  RSS before %d jobs: %.1f MB, after: %.1f MB, growth: %+.3f MB (peak RSS %.1f MB)'
+        % (
+            data['jobs'],
+            data['rss_before'] / 1e6,
+            data['rss_after'] / 1e6,
+            growth_mb,
+            data['max_rss_kb'] / 1e3,
+        ),
+        '  tracemalloc growth over %d jobs: %+d bytes'
+        % (data['traced_jobs'], data['traced_growth']),
+        '  request object released after its jobs (weakref dead): %s'
+        % ('yes' if data['request_released'] else 'NO: LEAK'),
+    ]
+    mark = '< %.0f MB %s' % (TARGETS['rss_mb'], 'PASS' if growth_mb < TARGETS['rss_mb'] else 'MISS')
+    verdicts.append(('RSS growth over %d jobs' % data['jobs'], mark))
+    return '\n'.join(lines)
+
+
+def parent(quick):
+    import platform
+
+    import celery
+
+    started = time.time()
+
+    print(
+        'celery-ctxthread benchmarks (%s mode): Python %s, Celery %s, %s, %d CPUs'
+        % (
+            'quick' if quick else 'full',
+            platform.python_version(),
+            celery.__version__,
+            platform.machine(),
+            os.cpu_count() or 0,
+        )
+    )
+    results = {
+        'LocalStack': run_child('task', quick),
+        'USE_FAST_LOCALS': run_child('task', quick, {'USE_FAST_LOCALS': '1'}),
+    }
+    outside = run_child('outside', quick)
+    peers = {suite: run_child(suite, quick) for suite, _ in PEERS}
+    memory = run_child('memory', quick)
+    verdicts = []
+    print()
+    print(report_task(results, verdicts))
+    print()
+    print(report_outside(outside, verdicts))
+    print()
+    print(report_peers(peers, verdicts))
+    print()
+    print(report_memory(memory, verdicts))
+    print()
+    table = Table('Targets (one run)', ['target', 'measured'])
+    for label, mark in verdicts:
+        table.add(label, mark)
+    print(table.render())
+    print('\n%.0f s' % (time.time() - started))
+    leaked = 'error' in memory or not memory.get('request_released')
+    return 1 if leaked else 0  # never because of a timing
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true', help='small N, for a CI smoke run')
+    parser.add_argument('--child', choices=sorted(SUITES), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(SUITES[args.child](args.quick)))
+        return 0
+    return parent(args.quick)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
