@@ -1,0 +1,230 @@
+"""Fixtures for the integration suite: real Redis, RabbitMQ and Celery workers.
+
+Servers are session-scoped and started on first use; workers are started
+once per (backend, pool) and reused by every test that asks for them.  A
+missing server binary or client library skips on a laptop but fails when
+the ``CI`` environment variable is set.
+"""
+
+from __future__ import absolute_import, print_function
+
+import os
+import signal
+import sys
+import threading
+
+import celery
+import pytest
+
+from tests import servers
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(TESTS_DIR)
+WORKER_APP = 'tests.integration_tasks'
+POOLS = ('prefork', 'threads')
+BACKEND_KINDS = ('rabbitmq', 'redis', 'sqlite')
+
+
+def unavailable(reason):
+    """Skip, or fail when running under CI (where everything must run)."""
+    if os.environ.get('CI'):
+        pytest.fail('%s (CI is set: failing instead of skipping)' % reason)
+    pytest.skip(reason)
+
+
+def require_binary(name):
+    path = servers.find_binary(name)
+    if path is None:
+        unavailable('%s not found on PATH or in the usual places' % name)
+    return path
+
+
+def require_module(name):
+    try:
+        __import__(name)
+    except ImportError as exc:
+        unavailable('Python module %s is not importable: %s' % (name, exc))
+
+
+@pytest.fixture(scope='session')
+def work_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('cct-integration'))
+
+
+def _session_server(request, start):
+    server = start()
+    request.addfinalizer(server.stop)
+    return server
+
+
+@pytest.fixture(scope='session')
+def redis_server(request, work_dir):
+    binary = require_binary('redis-server')
+    require_module('redis')
+    return _session_server(request, lambda: servers.start_redis(binary, work_dir))
+
+
+@pytest.fixture(scope='session')
+def rabbitmq_server(request, work_dir):
+    binary = require_binary('rabbitmq-server')
+    epmd = require_binary('epmd')
+    return _session_server(request, lambda: servers.start_rabbitmq(binary, epmd, work_dir))
+
+
+def sqlite_results_url(work_dir):
+    """One SQLite result database per session: Celery 4's SessionManager
+    creates the tables only for the first database a process uses."""
+    return 'db+sqlite:///' + os.path.join(work_dir, 'results.sqlite')
+
+
+def _urls(kind, server, work_dir):
+    """(broker URL, result backend URL, result_extended) for a worker."""
+    if kind == 'rabbitmq':
+        return server.url(), 'rpc://', False
+    if kind == 'redis':
+        return server.url(0), server.url(0), True
+    return server.url(1), sqlite_results_url(work_dir), False
+
+
+def _python_path():
+    """The worker imports ``tests.*`` and the same celery_ctxthread as we do."""
+    import celery_ctxthread
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(celery_ctxthread.__file__)))
+    paths = [REPO_DIR, package_parent]
+    if os.environ.get('PYTHONPATH'):
+        paths.append(os.environ['PYTHONPATH'])
+    return os.pathsep.join(paths)
+
+
+class WorkerHandle(object):
+    """A running worker plus a client app configured like it."""
+
+    def __init__(self, kind, pool, server, work_dir):
+        self.kind = kind
+        self.pool = pool
+        self.name = '%s-%s' % (kind, pool)
+        self.ack_dir = os.path.join(work_dir, 'acks-' + self.name)
+        os.makedirs(self.ack_dir)
+        broker, backend, extended = _urls(kind, server, work_dir)
+        queue = 'cct-itest-' + self.name
+        self.client = celery.Celery(
+            'cct-client-' + self.name, broker=broker, backend=backend, set_as_current=False
+        )
+        self.client.conf.update(task_default_queue=queue, result_extended=extended)
+        if kind == 'sqlite':
+            # Create the tables before the worker's processes race to.
+            self.client.backend.get_task_meta('warm-up')
+        env = dict(
+            os.environ,
+            PYTHONPATH=_python_path(),
+            PYTHONUNBUFFERED='1',
+            CCT_WORKER_BROKER_URL=broker,
+            CCT_WORKER_RESULT_BACKEND=backend,
+            CCT_WORKER_RESULT_EXTENDED='1' if extended else '',
+            CCT_WORKER_QUEUE=queue,
+        )
+        self.process = servers.CeleryWorker(WORKER_APP, REPO_DIR, self.name, pool, env, work_dir)
+
+    def log_text(self):
+        return self.process.log_text()
+
+    def stop(self):
+        self.process.stop()
+        self.client.close()
+
+
+class WorkerRegistry(object):
+    """Starts each (kind, pool) worker once per session, stops all at end."""
+
+    def __init__(self, work_dir):
+        self.work_dir = work_dir
+        self.started = {}
+
+    def get(self, kind, pool, server):
+        key = (kind, pool)
+        if key not in self.started:
+            self.started[key] = WorkerHandle(kind, pool, server, self.work_dir)
+        handle = self.started[key]
+        assert handle.process.alive(), 'worker %s died; log tail:\n%s' % (
+            handle.name,
+            handle.log_text()[-4000:],
+        )
+        return handle
+
+    def stop_all(self):
+        handles = list(self.started.values())
+        for handle in handles:  # shut down in parallel, then wait for each
+            handle.process.terminate()
+        for handle in handles:
+            handle.stop()
+
+
+@pytest.fixture(scope='session')
+def worker_registry(request, work_dir):
+    registry = WorkerRegistry(work_dir)
+    request.addfinalizer(registry.stop_all)
+    return registry
+
+
+def _worker(request, registry, kind, pool):
+    if pool == 'threads' and celery.VERSION < (4, 4):
+        pytest.skip('the threads pool exists from Celery 4.4 on')
+    if kind == 'sqlite':
+        require_module('sqlalchemy')
+    server_fixture = 'rabbitmq_server' if kind == 'rabbitmq' else 'redis_server'
+    server = request.getfixturevalue(server_fixture)
+    return registry.get(kind, pool, server)
+
+
+def _combos(kinds):
+    return [
+        pytest.param((kind, pool), id='%s-%s' % (kind, pool)) for kind in kinds for pool in POOLS
+    ]
+
+
+@pytest.fixture(scope='module', params=_combos(BACKEND_KINDS))
+def worker(request, worker_registry):
+    """A worker on every backend (rpc, Redis, SQLite) and pool."""
+    return _worker(request, worker_registry, *request.param)
+
+
+@pytest.fixture(scope='module', params=_combos(('redis',)))
+def redis_worker(request, worker_registry):
+    """A worker with the Redis backend and ``result_extended=True``."""
+    return _worker(request, worker_registry, *request.param)
+
+
+@pytest.fixture(scope='module')
+def eager_tasks(work_dir):
+    """tests.integration_tasks with ``task_always_eager`` and a SQLite backend."""
+    require_module('sqlalchemy')
+    from tests import integration_tasks
+
+    conf = integration_tasks.app.conf
+    saved = {
+        key: conf[key] for key in ('task_always_eager', 'task_eager_propagates', 'result_backend')
+    }
+    conf.update(result_backend=sqlite_results_url(work_dir))
+    integration_tasks.app.backend.get_task_meta('warm-up')  # create tables
+    conf.update(task_always_eager=True, task_eager_propagates=True)
+    yield integration_tasks
+    conf.update(saved)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt('signal %d' % signum)
+
+
+def pytest_configure(config):
+    """On SIGTERM (e.g. a time limit), unwind like Ctrl-C so that the
+    fixtures' teardown stops every server and worker."""
+    if (
+        threading.current_thread().name == 'MainThread'
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_report_header(config):
+    return 'celery %s, python %s' % (celery.__version__, sys.version.split()[0])

@@ -1,0 +1,244 @@
+"""Integration tests: real workers (prefork, threads) on RabbitMQ+rpc, Redis
+(result_extended) and SQLite, plus eager mode, for every entry point.
+
+Each task blocks (bounded) until the test acknowledges what it saw, so
+PROGRESS is observed while the task is still running.
+"""
+
+from __future__ import absolute_import, print_function
+
+import io
+import json
+import os
+import uuid
+
+import celery
+import pytest
+
+from tests.integration_tasks import ENTRY_POINTS
+from tests.servers import wait_until
+
+PROBE = 'cct_itest.probe'
+CONCURRENT_PROBE = 'cct_itest.concurrent_probe'
+RESULT_TIMEOUT = 30.0  # a finished task's result must arrive by then
+PROGRESS_TIMEOUT = 15.0  # PROGRESS from a working entry point
+BASELINE_WINDOW = 1.5  # how long the baseline is watched for PROGRESS
+ACK_TIMEOUT = 20.0  # how long a task waits for the test's ack
+# What Redis' store_result raises for task_id None: newer Celery checks it,
+# older Celery fails joining the key (b''.join([..., None])).
+NO_TASK_ID_ERRORS = ('task_id must not be empty', 'NoneType')
+
+
+def touch(path):
+    io.open(path, 'wb').close()
+
+
+class ProbeRun(object):
+    """One ``cct_itest.probe`` task sent to a worker."""
+
+    def __init__(self, worker, entry, **options):
+        self.worker = worker
+        self.token = uuid.uuid4().hex
+        self.args = [entry, self.token, worker.ack_dir, options]
+        self.result = worker.client.send_task(PROBE, args=self.args)
+
+    def meta(self):
+        """The raw state meta, fetched from the result backend now."""
+        return self.result.backend.get_task_meta(self.result.id)
+
+    def ack(self):
+        touch(os.path.join(self.worker.ack_dir, self.token))
+
+    def watch_progress(self, timeout):
+        """The meta once it is PROGRESS (else the last one seen); then ack."""
+        try:
+            if self.worker.kind == 'rabbitmq':
+                return self._watch_messages()
+            return self._poll_meta(timeout)
+        finally:
+            self.ack()
+
+    def _poll_meta(self, timeout):
+        last = {}
+
+        def progress():
+            last.update(self.meta())
+            return last.get('status') == 'PROGRESS'
+
+        wait_until(progress, timeout)
+        return last
+
+    def _watch_messages(self):
+        """rpc: state messages go to this client's reply queue, where a
+        started result consumer gets them, so listen instead of polling;
+        the task's own ack timeout bounds the wait."""
+        seen = {}
+
+        def on_message(meta):
+            if seen.get('status') != 'PROGRESS':
+                seen.clear()
+                seen.update(meta)
+            if meta.get('status') == 'PROGRESS':
+                self.ack()
+
+        self.result.get(on_message=on_message, timeout=RESULT_TIMEOUT, propagate=False)
+        return seen
+
+    def report(self):
+        return self.result.get(timeout=RESULT_TIMEOUT)
+
+    def log_line(self, task_id, task_name=PROBE):
+        """The child's log record as Celery's task log format prints it."""
+        return '%s[%s]: child log line %s' % (task_name, task_id, self.token)
+
+    def wait_log(self, text, timeout=10.0):
+        return wait_until(lambda: text in self.worker.log_text(), timeout)
+
+
+def assert_ids(report, expected):
+    ids = report['ids']
+    assert (ids['current_task'], ids['self_request'], ids['worker_task']) == (
+        expected,
+        expected,
+        expected,
+    ), ids
+
+
+def assert_ran_in_other_thread(report):
+    assert report['ids']['thread'] != report['parent']['thread']
+
+
+# ------------------------------------------------------- 1. PROGRESS
+
+
+@pytest.mark.parametrize('entry', ENTRY_POINTS)
+def test_progress_from_child_is_seen_while_task_runs(worker, entry):
+    run = ProbeRun(worker, entry, progress=True, ack_timeout=ACK_TIMEOUT)
+    meta = run.watch_progress(PROGRESS_TIMEOUT)
+    report = run.report()
+    assert meta.get('status') == 'PROGRESS', meta
+    assert meta['result'] == {'token': run.token, 'step': 1}
+    assert report['error'] is None
+    assert report['acked'] is True  # the task was still running
+    assert run.result.state == 'SUCCESS'
+
+
+# ---------------------------------------------- 2. ids and task logger
+
+
+@pytest.mark.parametrize('entry', ENTRY_POINTS)
+def test_child_sees_parent_task_and_logs_with_its_id(worker, entry):
+    run = ProbeRun(worker, entry)
+    report = run.report()
+    assert report['error'] is None
+    assert_ids(report, run.result.id)
+    assert_ids({'ids': report['parent']}, run.result.id)
+    assert_ran_in_other_thread(report)
+    line = run.log_line(run.result.id)
+    assert run.wait_log(line), 'no %r in the worker log' % line
+
+
+# ------------------------------------------------ 3. children (Redis)
+
+
+@pytest.mark.parametrize('entry', ENTRY_POINTS)
+def test_subtask_from_child_is_a_child_of_the_task(redis_worker, entry):
+    run = ProbeRun(redis_worker, entry, subtask=True)
+    report = run.report()
+    assert report['error'] is None
+    children = run.result.children or []
+    assert [child.id for child in children] == [report['subtask_id']]
+    assert children[0].get(timeout=RESULT_TIMEOUT) == 5
+
+
+# ---------------------------------- 4. result_extended fields (Redis)
+
+
+@pytest.mark.skipif(
+    celery.VERSION < (4, 4), reason='update_state passes the request from Celery 4.4'
+)
+@pytest.mark.parametrize('entry', ENTRY_POINTS)
+def test_progress_keeps_extended_fields(redis_worker, entry):
+    run = ProbeRun(redis_worker, entry, progress=True, ack_timeout=ACK_TIMEOUT)
+    meta = run.watch_progress(PROGRESS_TIMEOUT)
+    run.report()
+    assert meta.get('status') == 'PROGRESS', meta
+    assert meta.get('name') == PROBE
+    assert list(meta.get('args') or ()) == run.args
+
+
+# -------------------------------- 5. one shared executor, two tasks
+
+
+def _wait_json(path, timeout=RESULT_TIMEOUT):
+    wait_until(lambda: os.path.exists(path), timeout)
+    with io.open(path, encoding='utf-8') as handle:
+        return json.load(handle)
+
+
+def test_shared_executor_keeps_concurrent_tasks_apart(worker, tmpdir):
+    work = str(tmpdir)
+    results = [worker.client.send_task(CONCURRENT_PROBE, args=[work, 2, 4]) for _ in range(2)]
+    reports = [r.get(timeout=RESULT_TIMEOUT) for r in results]
+    touch(os.path.join(work, 'go'))
+    for result, report in zip(results, reports):
+        assert report['met'], 'the two tasks did not run at the same time'
+        assert len(report['seen']) == 8
+        for ids in report['seen']:
+            assert_ids({'ids': ids}, result.id)
+    for result in results:
+        later = _wait_json(os.path.join(work, 'notask-%s.json' % result.id))
+        for ids in later:
+            assert_ids({'ids': ids}, None)
+
+
+# -------------------------- 6. baseline: a plain thread loses context
+
+
+def test_baseline_plain_thread_loses_the_task(worker):
+    run = ProbeRun(worker, 'plain', progress=True, ack_timeout=BASELINE_WINDOW)
+    meta = run.watch_progress(BASELINE_WINDOW)
+    report = run.report()
+    assert meta.get('status') != 'PROGRESS', meta
+    assert_ids(report, None)
+    assert run.wait_log(run.log_line('???', '???'))  # no task in the record
+    if worker.kind == 'redis':  # rpc and SQLite drop it without an error
+        assert any(text in (report['error'] or '') for text in NO_TASK_ID_ERRORS), report
+        assert run.wait_log('child failed %s' % run.token)
+
+
+# ------------------------------------------------------- 7. eager mode
+
+
+def _eager_probe(tasks, entry, tmpdir):
+    token = uuid.uuid4().hex
+    result = tasks.probe.apply_async(args=(entry, token, str(tmpdir), {'progress': True}))
+    report = result.get(timeout=RESULT_TIMEOUT)
+    return result, report, eager_stored_meta(tasks, result.id), token
+
+
+def eager_stored_meta(tasks, task_id):
+    """What the child stored.  Celery refuses (4.x) or warns (5.x) when a
+    backend is read with task_always_eager on, so switch it off to read."""
+    conf = tasks.app.conf
+    conf.task_always_eager = False
+    try:
+        return tasks.app.backend.get_task_meta(task_id)
+    finally:
+        conf.task_always_eager = True
+
+
+@pytest.mark.parametrize('entry', ENTRY_POINTS)
+def test_eager_child_sees_task_and_stores_progress(eager_tasks, entry, tmpdir):
+    result, report, stored, token = _eager_probe(eager_tasks, entry, tmpdir)
+    assert report['error'] is None
+    assert_ids(report, result.id)
+    assert_ran_in_other_thread(report)
+    assert stored['status'] == 'PROGRESS'
+    assert stored['result'] == {'token': token, 'step': 1}
+
+
+def test_eager_baseline_plain_thread_loses_the_task(eager_tasks, tmpdir):
+    _, report, stored, _ = _eager_probe(eager_tasks, 'plain', tmpdir)
+    assert_ids(report, None)
+    assert stored['status'] == 'PENDING'
