@@ -21,7 +21,10 @@ from tests import servers
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TESTS_DIR)
 WORKER_APP = 'tests.integration_tasks'
-POOLS = ('prefork', 'threads')
+# prefork and solo on every Celery; the threads pool exists from 4.4 on.
+POOLS = ('prefork', 'solo', 'threads') if celery.VERSION >= (4, 4) else ('prefork', 'solo')
+# Pools that run two tasks at once (the shared-executor test needs that).
+CONCURRENT_POOLS = tuple(pool for pool in POOLS if pool != 'solo')
 BACKEND_KINDS = ('rabbitmq', 'redis', 'sqlite')
 
 
@@ -100,10 +103,12 @@ def _python_path():
 class WorkerHandle(object):
     """A running worker plus a client app configured like it."""
 
-    def __init__(self, kind, pool, server, work_dir):
+    def __init__(self, kind, pool, server, work_dir, extra_env=None):
         self.kind = kind
         self.pool = pool
-        self.name = '%s-%s' % (kind, pool)
+        self.extra_env = dict(extra_env or {})
+        suffix = ''.join('-%s' % value for _, value in sorted(self.extra_env.items()))
+        self.name = '%s-%s%s' % (kind, pool, suffix.lower())
         self.ack_dir = os.path.join(work_dir, 'acks-' + self.name)
         os.makedirs(self.ack_dir)
         broker, backend, extended = _urls(kind, server, work_dir)
@@ -124,6 +129,7 @@ class WorkerHandle(object):
             CCT_WORKER_RESULT_EXTENDED='1' if extended else '',
             CCT_WORKER_QUEUE=queue,
         )
+        env.update(self.extra_env)
         self.process = servers.CeleryWorker(WORKER_APP, REPO_DIR, self.name, pool, env, work_dir)
 
     def log_text(self):
@@ -141,10 +147,10 @@ class WorkerRegistry(object):
         self.work_dir = work_dir
         self.started = {}
 
-    def get(self, kind, pool, server):
-        key = (kind, pool)
+    def get(self, kind, pool, server, extra_env=None):
+        key = (kind, pool, tuple(sorted((extra_env or {}).items())))
         if key not in self.started:
-            self.started[key] = WorkerHandle(kind, pool, server, self.work_dir)
+            self.started[key] = WorkerHandle(kind, pool, server, self.work_dir, extra_env)
         handle = self.started[key]
         assert handle.process.alive(), 'worker %s died; log tail:\n%s' % (
             handle.name,
@@ -167,19 +173,17 @@ def worker_registry(request, work_dir):
     return registry
 
 
-def _worker(request, registry, kind, pool):
-    if pool == 'threads' and celery.VERSION < (4, 4):
-        pytest.skip('the threads pool exists from Celery 4.4 on')
+def _worker(request, registry, kind, pool, extra_env=None):
     if kind == 'sqlite':
         require_module('sqlalchemy')
     server_fixture = 'rabbitmq_server' if kind == 'rabbitmq' else 'redis_server'
     server = request.getfixturevalue(server_fixture)
-    return registry.get(kind, pool, server)
+    return registry.get(kind, pool, server, extra_env)
 
 
-def _combos(kinds):
+def _combos(kinds, pools=POOLS):
     return [
-        pytest.param((kind, pool), id='%s-%s' % (kind, pool)) for kind in kinds for pool in POOLS
+        pytest.param((kind, pool), id='%s-%s' % (kind, pool)) for kind in kinds for pool in pools
     ]
 
 
@@ -193,6 +197,19 @@ def worker(request, worker_registry):
 def redis_worker(request, worker_registry):
     """A worker with the Redis backend and ``result_extended=True``."""
     return _worker(request, worker_registry, *request.param)
+
+
+@pytest.fixture(scope='module', params=_combos(BACKEND_KINDS, CONCURRENT_POOLS))
+def concurrent_worker(request, worker_registry):
+    """A worker on every backend whose pool runs several tasks at once."""
+    return _worker(request, worker_registry, *request.param)
+
+
+@pytest.fixture(scope='module', params=['prefork', 'solo'])
+def switched_worker(request, worker_registry):
+    """A Redis worker started with the worker-wide switch in its environment."""
+    env = {'CELERY_CTXTHREAD_INSTALL': '1'}
+    return _worker(request, worker_registry, 'redis', request.param, env)
 
 
 @pytest.fixture(scope='module')

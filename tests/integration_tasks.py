@@ -174,7 +174,8 @@ def child_work(task, token, options):
     logger.info('child log line %s', token)
     try:
         if options.get('progress'):
-            task.update_state(state='PROGRESS', meta={'token': token, 'step': 1})
+            by_hand = {'task_id': options['parent_id']} if options.get('by_hand') else {}
+            task.update_state(state='PROGRESS', meta={'token': token, 'step': 1}, **by_hand)
         if options.get('subtask'):
             report['subtask_id'] = add.delay(2, 3).id
     except Exception as exc:  # reported back to the test
@@ -190,6 +191,7 @@ def probe(self, entry, token, ack_dir, options):
     Then wait (bounded by ``options['ack_timeout']``) for the file
     ``ack_dir/token``, which the test writes once it has seen PROGRESS.
     """
+    options = dict(options, parent_id=self.request.id)
     report = RUNNERS[entry](functools.partial(child_work, self, token, options))
     report['parent'] = seen_ids(self)
     report['acked'] = wait_for_file(os.path.join(ack_dir, token), options.get('ack_timeout', 0))
