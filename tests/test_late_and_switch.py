@@ -12,7 +12,8 @@ import celery_ctxthread as cct
 from celery_ctxthread import worker
 
 app = Celery('cct_late', broker='memory://', backend='cache+memory://', set_as_current=False)
-app.conf.task_always_eager = True
+# apply() runs tasks in-process; task_always_eager stays off so that the
+# backend can be read back (Celery 4 refuses to while it is on).
 gates = {}
 
 
