@@ -21,8 +21,21 @@ from tests import servers
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TESTS_DIR)
 WORKER_APP = 'tests.integration_tasks'
-# prefork and solo on every Celery; the threads pool exists from 4.4 on.
-POOLS = ('prefork', 'solo', 'threads') if celery.VERSION >= (4, 4) else ('prefork', 'solo')
+
+
+def _importable(name):
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+# prefork and solo on every Celery; the threads pool exists from 4.4 on; the
+# greenlet pools wherever the cell installs them (the -gevent cells).
+POOLS = ('prefork', 'solo')
+POOLS += ('threads',) if celery.VERSION >= (4, 4) else ()
+POOLS += tuple(pool for pool in ('gevent', 'eventlet') if _importable(pool))
 # Pools that run two tasks at once (the shared-executor test needs that).
 CONCURRENT_POOLS = tuple(pool for pool in POOLS if pool != 'solo')
 BACKEND_KINDS = ('rabbitmq', 'redis', 'sqlite')
@@ -245,3 +258,69 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     return 'celery %s, python %s' % (celery.__version__, sys.version.split()[0])
+
+
+class DedicatedWorker(WorkerHandle):
+    """A worker of its own for one test: its own queue, log and concurrency.
+
+    Not shared through the registry, so a test may kill its processes or shut
+    it down without disturbing the shared workers.  Configured like a shared
+    worker of the same backend kind.
+    """
+
+    counter = [0]
+
+    def __init__(self, kind, pool, server, work_dir, label, concurrency=4):
+        self.counter[0] += 1
+        self.kind = kind
+        self.pool = pool
+        self.extra_env = {}
+        self.name = 'own-%s-%d-%s-%s' % (label, self.counter[0], kind, pool)
+        self.ack_dir = os.path.join(work_dir, 'acks-' + self.name)
+        os.makedirs(self.ack_dir)
+        broker, backend, extended = _urls(kind, server, work_dir)
+        queue = 'cct-itest-' + self.name
+        self.client = celery.Celery(
+            'cct-client-' + self.name, broker=broker, backend=backend, set_as_current=False
+        )
+        self.client.conf.update(task_default_queue=queue, result_extended=extended)
+        if kind == 'sqlite':
+            self.client.backend.get_task_meta('warm-up')
+        env = dict(
+            os.environ,
+            PYTHONPATH=_python_path(),
+            PYTHONUNBUFFERED='1',
+            CCT_WORKER_BROKER_URL=broker,
+            CCT_WORKER_RESULT_BACKEND=backend,
+            CCT_WORKER_RESULT_EXTENDED='1' if extended else '',
+            CCT_WORKER_QUEUE=queue,
+        )
+        self.process = servers.CeleryWorker(
+            WORKER_APP, REPO_DIR, self.name, pool, env, work_dir, concurrency=concurrency
+        )
+
+    @property
+    def main_pid(self):
+        return self.process.process.proc.pid
+
+
+@pytest.fixture
+def dedicated_worker(request, work_dir):
+    """A factory: ``dedicated_worker(kind, pool, label, concurrency=4)`` starts a
+    worker used by this test only; every one it started is stopped afterwards."""
+    started = []
+
+    def start(kind, pool, label, concurrency=4):
+        if kind == 'sqlite':
+            require_module('sqlalchemy')
+        server_fixture = 'rabbitmq_server' if kind == 'rabbitmq' else 'redis_server'
+        server = request.getfixturevalue(server_fixture)
+        handle = DedicatedWorker(kind, pool, server, work_dir, label, concurrency)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.process.terminate()
+    for handle in started:
+        handle.stop()

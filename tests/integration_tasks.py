@@ -18,7 +18,7 @@ import threading
 import time
 
 from celery import Celery, current_task
-from celery._state import get_current_worker_task
+from celery._state import _task_stack, get_current_worker_task
 from celery.utils.log import get_task_logger
 
 import celery_ctxthread as cct
@@ -194,6 +194,7 @@ def probe(self, entry, token, ack_dir, options):
     options = dict(options, parent_id=self.request.id)
     report = RUNNERS[entry](functools.partial(child_work, self, token, options))
     report['parent'] = seen_ids(self)
+    report['stack_flavour'] = type(_task_stack).__name__
     report['acked'] = wait_for_file(os.path.join(ack_dir, token), options.get('ack_timeout', 0))
     return report
 
@@ -243,3 +244,6 @@ def wait_for_file_count(directory, prefix, count, timeout):
         return len([n for n in names if n.startswith(prefix)]) >= count
 
     return poll_until(arrived, timeout)
+
+
+from tests import reliability_tasks  # noqa: E402,F401

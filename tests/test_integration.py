@@ -134,6 +134,9 @@ def test_child_sees_parent_task_and_logs_with_its_id(worker, entry):
     assert_ids(report, run.result.id)
     assert_ids({'ids': report['parent']}, run.result.id)
     assert_ran_in_other_thread(report)
+    # The worker runs Celery's LocalStack flavour that this cell asked for.
+    flavour = '_FastLocalStack' if os.environ.get('USE_FAST_LOCALS') else '_LocalStack'
+    assert report['stack_flavour'] == flavour
     line = run.log_line(run.result.id)
     assert run.wait_log(line), 'no %r in the worker log' % line
 
