@@ -21,29 +21,33 @@ stores its final state.
 import functools
 import logging
 import threading
+import weakref
 
 from celery.app.task import Task
 from celery.signals import task_postrun
 
 logger = logging.getLogger(__name__)
 
-_FINISHED = '_celery_ctxthread_finished'
-_WARNED = '_celery_ctxthread_warned'
 _ORIGINAL_ATTRIBUTE = '__celery_ctxthread_original__'
 _lock = threading.Lock()
+# Finished requests -> the idents of the threads already warned.  Kept off the
+# request itself: Celery 5.5+ copies a request's __dict__ into nested requests
+# and their message headers.
+_finished = weakref.WeakKeyDictionary()
 
 
 def _mark_finished(sender=None, task=None, **kwargs):
     request = getattr(task or sender, 'request', None)
     if request is not None:
-        setattr(request, _FINISHED, True)
+        with _lock:
+            _finished.setdefault(request, set())
 
 
 def _guarded(update_state):
     @functools.wraps(update_state)
     def guarded_update_state(self, task_id=None, state=None, meta=None, **kwargs):
         request = self.request
-        if getattr(request, _FINISHED, False) and task_id in (None, request.id):
+        if request in _finished and task_id in (None, request.id):
             _warn_once(request, state)
             return None
         return update_state(self, task_id, state, meta, **kwargs)
@@ -55,8 +59,8 @@ def _guarded(update_state):
 def _warn_once(request, state):
     thread = threading.current_thread()
     with _lock:
-        warned = request.__dict__.setdefault(_WARNED, set())
-        if thread.ident in warned:
+        warned = _finished.get(request)
+        if warned is None or thread.ident in warned:
             return
         warned.add(thread.ident)
     logger.warning(
