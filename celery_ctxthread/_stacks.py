@@ -42,7 +42,8 @@ class IdentDictAccess(object):
         entry = local.__storage__.get(ident)
         live = entry.get('stack') if entry else None
         if live is None:
-            local.__storage__[ident] = {'stack': list(items)}
+            if items:  # pushing nothing must not create an entry: pop() differs
+                local.__storage__[ident] = {'stack': list(items)}
             return ident, None
         saved = live[:]
         live.extend(items)

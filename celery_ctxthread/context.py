@@ -95,8 +95,10 @@ class TaskContext(object):
         if not self._pushes:
             return fn(*args, **kwargs)
         app = self._app
+        # Saved even when the snapshot has no app: the target may make one
+        # current, and a pool thread must not keep it for its next job.
+        previous_app = _APP_LOCAL.current_app
         if app is not None:
-            previous_app = _APP_LOCAL.current_app
             _APP_LOCAL.current_app = app
         pushes = self._pushes
         tokens = [push(target, items) for push, _, target, items in pushes]
@@ -110,8 +112,7 @@ class TaskContext(object):
                 index -= 1
                 _, restore, target, _ = pushes[index]
                 restore(target, tokens[index])
-            if app is not None:
-                _APP_LOCAL.current_app = previous_app
+            _APP_LOCAL.current_app = previous_app
 
     def __repr__(self):
         if self._task is None:
@@ -150,8 +151,8 @@ def capture():
         target = access.target(stack)
         requests = access.read(target)
         top_requests[id(stack)] = requests[-1] if requests else None
-        if requests:
-            pushes.append((access.push, access.restore, target, requests[-1:]))
+        # A task without a request still gets a restore point (pushing nothing).
+        pushes.append((access.push, access.restore, target, requests[-1:]))
     pushes = tuple(pushes)
     app = _APP_LOCAL.current_app
     vars = copy_context() if copy_context is not None else None

@@ -1,0 +1,423 @@
+"""Hostile inputs and misuse: each gets the stdlib's error at the stdlib's moment, or a
+documented behaviour pinned here so that a change is noticed."""
+
+from __future__ import absolute_import
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from celery import Task, _state
+
+import celery_ctxthread as cct
+from celery_ctxthread._compat import TimerBase
+from tests.tasks_inprocess import app, in_thread, observe, probe, running, thread_state
+
+WAIT = 10
+
+
+@pytest.fixture
+def uninstalled():
+    yield
+    cct.uninstall()
+    assert not cct.installed()
+
+
+def error_in_run(thread_class, *args, **kwargs):
+    """Start a ``thread_class`` whose ``run()`` keeps the error it raised; return it.
+
+    Returns (what start() returned, the error run() raised or None).
+    """
+
+    class Catching(thread_class):
+        def run(self):
+            self.error = None
+            try:
+                super(Catching, self).run()
+            except Exception as exc:
+                self.error = exc
+
+    thread = Catching(*args, **kwargs)
+    returned = thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive(), 'thread did not finish within %d s' % WAIT
+    return returned, thread.error
+
+
+def same_error(ours, theirs):
+    assert type(ours) is type(theirs) and str(ours) == str(theirs), (ours, theirs)
+
+
+# -- non-callable targets: the error surfaces where the stdlib raises it -------
+
+
+@pytest.mark.parametrize('in_task', [True, False], ids=['in-task', 'no-task'])
+def test_thread_with_a_non_callable_target_starts_and_fails_in_run_like_the_stdlib(in_task):
+    with running(probe, 'abc') if in_task else _nothing():
+        theirs = error_in_run(threading.Thread, target=42)
+        ours = error_in_run(cct.TaskThread, target=42)
+    assert theirs[0] is None and ours[0] is None  # start() accepted it
+    assert isinstance(ours[1], TypeError)
+    same_error(ours[1], theirs[1])
+
+
+def test_timer_with_a_non_callable_function_fails_when_it_fires_like_the_stdlib():
+    with running(probe, 'abc'):
+        theirs = error_in_run(TimerBase, 0.01, 42)  # threading.Timer's class
+        ours = error_in_run(cct.TaskTimer, 0.01, 42)
+    assert isinstance(ours[1], TypeError)
+    same_error(ours[1], theirs[1])
+
+
+def test_installed_plain_thread_with_a_non_callable_target_fails_in_run(uninstalled):
+    with running(probe, 'abc'):
+        theirs = error_in_run(threading.Thread, target=42)
+        cct.install()
+        ours = error_in_run(threading.Thread, target=42)
+    assert isinstance(ours[1], TypeError)
+    same_error(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize('under_install', [False, True], ids=['ours', 'installed'])
+def test_executor_submit_of_a_non_callable_returns_a_failing_future(under_install, uninstalled):
+    with ThreadPoolExecutor(1) as stdlib_pool:
+        theirs = stdlib_pool.submit(42).exception(WAIT)
+    if under_install:
+        cct.install()
+    pool_class = ThreadPoolExecutor if under_install else cct.TaskThreadPoolExecutor
+    with pool_class(1) as pool, running(probe, 'abc'):
+        future = pool.submit(42)  # accepted, like the stdlib
+        ours = future.exception(WAIT)
+        clean = pool.submit(thread_state)
+    assert isinstance(ours, TypeError)
+    same_error(ours, theirs)
+    assert clean.result(WAIT)[0] == [probe]  # the next job still runs, in its context
+
+
+def test_module_submit_of_a_non_callable_returns_a_failing_future():
+    with ThreadPoolExecutor(1) as stdlib_pool:
+        theirs = stdlib_pool.submit(42).exception(WAIT)
+    with running(probe, 'abc'):
+        ours = cct.submit(42).exception(WAIT)
+    assert isinstance(ours, TypeError)
+    same_error(ours, theirs)
+
+
+def test_submit_without_a_function_raises_at_once_like_the_stdlib(uninstalled):
+    with ThreadPoolExecutor(1) as stdlib_pool, pytest.raises(TypeError):
+        stdlib_pool.submit()
+    with cct.TaskThreadPoolExecutor(1) as pool, running(probe, 'abc'):
+        with pytest.raises(TypeError):
+            pool.submit()
+        cct.install()
+        with pytest.raises(TypeError):
+            ThreadPoolExecutor.submit(pool)
+    with pytest.raises(TypeError):
+        cct.submit()
+
+
+def test_wrap_of_a_non_callable_raises_at_once_as_documented():
+    with running(probe, 'abc'), pytest.raises(TypeError, match='callable, got 42'):
+        cct.wrap(42)
+    with pytest.raises(TypeError, match='callable'):
+        cct.wrap(None)  # outside a task too
+
+
+def test_running_a_non_callable_under_a_snapshot_raises_typeerror_and_restores():
+    with running(probe, 'abc'):
+        context = cct.capture()
+
+    def check():
+        before = thread_state()
+        with pytest.raises(TypeError):
+            context.run(42)
+        return before, thread_state()
+
+    before, after = in_thread(check)
+    assert before == after
+
+
+# -- install() / uninstall() misuse -------------------------------------------
+
+
+def test_install_twice_uninstall_without_install_and_installed(uninstalled):
+    original_start = threading.Thread.__dict__['start']
+    original_submit = ThreadPoolExecutor.__dict__['submit']
+    assert not cct.installed()
+    cct.uninstall()  # without install: a no-op
+    assert threading.Thread.__dict__['start'] is original_start
+    assert not cct.installed()
+    cct.install()
+    patched = threading.Thread.__dict__['start']
+    cct.install()  # twice: the first patch stays, nothing is layered on it
+    assert threading.Thread.__dict__['start'] is patched and cct.installed()
+    depths = []
+    with running(probe, 'abc'):
+        thread = threading.Thread(target=lambda: depths.append(len(_state._task_stack.stack)))
+        thread.start()
+        thread.join(WAIT)
+    assert depths == [1]  # wrapped once
+    cct.uninstall()
+    cct.uninstall()
+    assert threading.Thread.__dict__['start'] is original_start
+    assert ThreadPoolExecutor.__dict__['submit'] is original_submit
+    assert not cct.installed()
+
+
+# -- after shutdown(): RuntimeError, like the stdlib ----------------------------
+
+
+@pytest.mark.parametrize('in_task', [True, False], ids=['in-task', 'no-task'])
+def test_submit_after_shutdown_raises_runtimeerror_like_the_stdlib(in_task, uninstalled):
+    stdlib_pool = ThreadPoolExecutor(1)
+    stdlib_pool.shutdown()
+    with pytest.raises(RuntimeError) as theirs:
+        stdlib_pool.submit(observe)
+    ours_pool = cct.TaskThreadPoolExecutor(1)
+    ours_pool.shutdown()
+    with running(probe, 'abc') if in_task else _nothing():
+        with pytest.raises(RuntimeError) as ours:
+            ours_pool.submit(observe)
+        cct.install()
+        with pytest.raises(RuntimeError) as installed:
+            stdlib_pool.submit(observe)
+        assert _state.get_current_task() is (probe if in_task else None)
+    assert str(ours.value) == str(theirs.value) == str(installed.value)
+
+
+# -- a snapshot crossing a fork -------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='POSIX only')
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # 3.12+: fork with threads
+def test_a_snapshot_captured_before_fork_runs_in_the_child():
+    """Documented: a snapshot is plain objects; a forked child gets its own copies and
+    runs under them, on its main thread and on a new thread, and is restored after."""
+    with running(probe, 'abc'):
+        context = cct.capture()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            report = {
+                'main': context.run(_seen_in_child),
+                'thread': in_thread(context.run, _seen_in_child),
+                'after': [len(stack) for stack in thread_state()[:3]],
+                'current_task': getattr(_state.get_current_task(), 'name', None),
+            }
+            os.write(write_end, json.dumps(report).encode('utf-8'))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        status = _wait_bounded(pid, 20)
+        data = os.read(read_end, 65536).decode('utf-8')
+    finally:
+        os.close(read_end)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, data)
+    report = json.loads(data)
+    expected = {
+        'current_task': 'cct_inprocess.probe',
+        'current_id': 'abc',
+        'worker_task_id': 'abc',
+        'app': app.main,
+    }
+    assert report['main'] == expected and report['thread'] == expected
+    assert report['after'] == [0, 0, 0] and report['current_task'] is None
+
+
+def _seen_in_child():
+    seen = observe()
+    return {
+        'current_task': seen['current_task'],
+        'current_id': seen['current_id'],
+        'worker_task_id': seen['worker_task_id'],
+        'app': getattr(seen['app'], 'main', None),
+    }
+
+
+def _wait_bounded(pid, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError('forked child did not exit within %d s' % timeout)
+
+
+# -- odd things on the task stack -----------------------------------------------
+
+
+class UnboundTask(Task):
+    """A real Celery task class never bound to an app: ``request_stack`` is None."""
+
+    name = 'cct_misuse.unbound'
+
+
+def test_an_unbound_task_class_on_the_stack_is_captured_without_request():
+    assert UnboundTask.request_stack is None
+    with running(probe, 'below'):
+        _state._task_stack.push(UnboundTask)
+        try:
+            context = cct.capture()
+        finally:
+            _state._task_stack.pop()
+    assert context.task is UnboundTask and context.request is None and context.task_id is None
+    assert 'cct_misuse.unbound[None]' in repr(context)
+
+    def check():
+        before = thread_state()
+        seen = context.run(
+            lambda: (list(_state._task_stack.stack), probe.request.id, _state.get_current_task())
+        )
+        return seen, before, thread_state()
+
+    seen, before, after = in_thread(check)
+    # The task below still gets its request: the worker task is probe, the current one not.
+    assert seen == ([probe, UnboundTask], 'below', UnboundTask)
+    assert before == after
+
+
+def test_an_object_with_no_request_stack_attribute_on_the_stack():
+    stranger = object()
+    _state._task_stack.push(stranger)
+    try:
+        context = cct.capture()
+    finally:
+        _state._task_stack.pop()
+    assert context.task is stranger and context.request is None
+    assert in_thread(context.run, _state.get_current_task) is stranger
+
+
+def test_a_snapshot_run_after_its_task_ended_still_sees_that_request():
+    """Documented: the request is shared, not copied, so a thread that outlives its task
+    sees the ended task's request (the late-update guard keys on it), not a fresh one."""
+    with running(probe, 'ended'):
+        context = cct.capture()
+        request = probe.request
+    assert probe.request is not request  # the task's thread moved on
+
+    def look():
+        return probe.request, observe()
+
+    seen_request, seen = in_thread(context.run, look)
+    assert seen_request is request is context.request
+    assert seen['current_id'] == seen['worker_task_id'] == 'ended'
+    # ...and the same for a thread started from it after the task ended.
+    started_late = in_thread(context.run, lambda: cct.submit(observe).result(WAIT))
+    assert started_late['current_id'] == 'ended'
+
+
+# -- a keyword argument named fn ------------------------------------------------
+
+
+def test_run_with_a_keyword_named_fn_clashes_use_call_or_wrap():
+    """Documented: ``run(fn, *args, **kwargs)`` takes ``fn`` itself, so a target's own
+    ``fn=`` keyword clashes; ``call`` and ``wrap`` pass it through."""
+
+    def target(fn=None):
+        return fn, observe()['current_id']
+
+    with running(probe, 'abc'):
+        context = cct.capture()
+    for snapshot in (context, cct.capture()):  # a full one and the empty one
+        with pytest.raises(TypeError, match='fn'):
+            snapshot.run(target, fn='mine')
+    assert in_thread(context.call, target, (), {'fn': 'mine'}) == ('mine', 'abc')
+    with running(probe, 'abc'):
+        wrapped = cct.wrap(target)
+    assert in_thread(lambda: wrapped(fn='mine')) == ('mine', 'abc')
+
+
+def test_module_submit_with_a_keyword_named_fn_clashes_unlike_the_executor():
+    """Pinned: ``cct.submit(fn, *args, **kwargs)`` takes ``fn`` itself, while
+    ``TaskThreadPoolExecutor.submit`` (like the stdlib's, 3.9+) passes ``fn=`` on."""
+
+    def target(fn=None):
+        return fn
+
+    with running(probe, 'abc'):
+        with pytest.raises(TypeError, match='fn'):
+            cct.submit(target, fn='mine')
+        with cct.TaskThreadPoolExecutor(1) as pool:
+            assert pool.submit(target, fn='mine').result(WAIT) == 'mine'
+
+
+# -- opt_out, double start, failed start ----------------------------------------
+
+
+def test_opt_out_on_a_task_thread_runs_it_without_context():
+    seen = []
+    thread = cct.TaskThread(target=lambda: seen.append(observe()['current_id']))
+    assert cct.opt_out(thread) is thread  # chains
+    with running(probe, 'abc'):
+        thread.start()
+        thread.join(WAIT)
+    assert seen == [None]
+    assert 'run' not in thread.__dict__  # nothing was wrapped
+
+
+@pytest.mark.parametrize('in_task', [True, False], ids=['in-task', 'no-task'])
+def test_starting_twice_raises_the_stdlibs_runtimeerror(in_task):
+    errors = []
+    for thread_class in (threading.Thread, cct.TaskThread):
+        thread = thread_class(target=lambda: None)
+        with running(probe, 'abc') if in_task else _nothing():
+            thread.start()
+            thread.join(WAIT)
+            with pytest.raises(RuntimeError) as error:
+                thread.start()
+        errors.append(str(error.value))
+        assert not thread.is_alive()
+    assert errors[0] == errors[1]
+
+
+def test_a_failed_start_leaves_the_thread_as_it_was_and_a_retry_uses_the_new_context(
+    monkeypatch,
+):
+    """Thread creation failing (e.g. out of threads) raises the stdlib's error; the
+    thread is left unwrapped, and a later start() captures afresh and wraps once."""
+    name = '_start_joinable_thread' if hasattr(threading, '_start_joinable_thread') else None
+    name = name or '_start_new_thread'
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    seen = []
+
+    def record():
+        seen.append((observe()['current_id'], len(_state._task_stack.stack)))
+
+    stdlib_thread, ours = threading.Thread(target=record), cct.TaskThread(target=record)
+    with running(probe, 'first'):
+        monkeypatch.setattr(threading, name, refuse)
+        for thread in (stdlib_thread, ours):
+            with pytest.raises(RuntimeError, match="can't start new thread"):
+                thread.start()
+        monkeypatch.undo()
+    assert 'run' not in ours.__dict__
+    with running(probe, 'second'):
+        for thread in (stdlib_thread, ours):
+            thread.start()  # a retry is allowed, as the stdlib allows it
+            thread.join(WAIT)
+    assert seen == [(None, 0), ('second', 1)]
+
+
+class _nothing(object):
+    """A do-nothing context manager (``contextlib.nullcontext`` is 3.7+)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc_info):
+        return False
