@@ -231,7 +231,7 @@ def _stays(worker, task_id, status, seconds=1.5):
 
 
 def test_revoked_with_terminate_stays_revoked_on_prefork(dedicated_worker, tmpdir):
-    """The child is killed, its updating threads die with it: nothing is late."""
+    """The child is terminated; any update its threads try after that is dropped."""
     worker = dedicated_worker('redis', 'prefork', 'revoke', concurrency=2)
     result, pid, stop_file = _start_busy(worker, tmpdir)
     worker.client.control.revoke(result.id, terminate=True)
@@ -240,7 +240,11 @@ def test_revoked_with_terminate_stays_revoked_on_prefork(dedicated_worker, tmpdi
     assert wait_until(lambda: not pid_alive(pid), 10.0), 'child %d still alive' % pid
     _stays(worker, result.id, 'REVOKED')
     touch(stop_file)
-    assert warning_lines(worker, result.id) == []
+    # SIGTERM lets the child's tracer finish (task_postrun) before it exits,
+    # so a thread may still try an update in between: the guard drops it.
+    for line in warning_lines(worker, result.id):
+        assert 'ignored update_state' in line, line
+    assert revoked()['status'] == 'REVOKED'
 
 
 # ------------------------------------------------------------ 2. load
@@ -256,8 +260,11 @@ def run_load(worker, tmpdir, tasks, threads, updates):
     os.makedirs(meet_dir)
     ids = [str(uuid.uuid4()) for _ in range(tasks)]
     seen = {'progress': 0, 'wrong': 0}
+    finals = {}  # task id -> the final state a message or poll reported
 
     def check(task_id, meta):
+        if meta.get('status') in ('SUCCESS', 'FAILURE'):
+            finals[task_id] = meta['status']
         if meta.get('status') != 'PROGRESS':
             return
         seen['progress'] += 1
@@ -292,15 +299,18 @@ def run_load(worker, tmpdir, tasks, threads, updates):
     reports, lost, wrong_results = {}, 0, 0
     for task_id, result in zip(ids, results):
         report = result.get(timeout=RESULT_TIMEOUT, propagate=False)
-        # rpc hands a final state out once: ask the result that received it.
-        stored = result if worker.kind == 'rabbitmq' else worker.client.AsyncResult(task_id)
+        if worker.kind == 'rabbitmq':
+            # rpc hands a final state out once, to the message stream above.
+            state = finals.get(task_id) or result.state
+        else:
+            state = worker.client.AsyncResult(task_id).state
         expected = (
             isinstance(report, dict)
             and report.get('task_id') == task_id
             and report.get('sent') == threads * updates
             and report.get('children') == threads
         )
-        if stored.state != 'SUCCESS':
+        if state != 'SUCCESS':
             lost += 1
         elif not expected:
             wrong_results += 1
