@@ -116,12 +116,14 @@ def _python_path():
 class WorkerHandle(object):
     """A running worker plus a client app configured like it."""
 
-    def __init__(self, kind, pool, server, work_dir, extra_env=None):
+    def __init__(self, kind, pool, server, work_dir, extra_env=None, name=None, concurrency=4):
         self.kind = kind
         self.pool = pool
         self.extra_env = dict(extra_env or {})
-        suffix = ''.join('-%s' % value for _, value in sorted(self.extra_env.items()))
-        self.name = '%s-%s%s' % (kind, pool, suffix.lower())
+        if name is None:
+            suffix = ''.join('-%s' % value for _, value in sorted(self.extra_env.items()))
+            name = '%s-%s%s' % (kind, pool, suffix.lower())
+        self.name = name
         self.ack_dir = os.path.join(work_dir, 'acks-' + self.name)
         os.makedirs(self.ack_dir)
         broker, backend, extended = _urls(kind, server, work_dir)
@@ -143,7 +145,9 @@ class WorkerHandle(object):
             CCT_WORKER_QUEUE=queue,
         )
         env.update(self.extra_env)
-        self.process = servers.CeleryWorker(WORKER_APP, REPO_DIR, self.name, pool, env, work_dir)
+        self.process = servers.CeleryWorker(
+            WORKER_APP, REPO_DIR, self.name, pool, env, work_dir, concurrency=concurrency
+        )
 
     def log_text(self):
         return self.process.log_text()
@@ -272,31 +276,9 @@ class DedicatedWorker(WorkerHandle):
 
     def __init__(self, kind, pool, server, work_dir, label, concurrency=4):
         self.counter[0] += 1
-        self.kind = kind
-        self.pool = pool
-        self.extra_env = {}
-        self.name = 'own-%s-%d-%s-%s' % (label, self.counter[0], kind, pool)
-        self.ack_dir = os.path.join(work_dir, 'acks-' + self.name)
-        os.makedirs(self.ack_dir)
-        broker, backend, extended = _urls(kind, server, work_dir)
-        queue = 'cct-itest-' + self.name
-        self.client = celery.Celery(
-            'cct-client-' + self.name, broker=broker, backend=backend, set_as_current=False
-        )
-        self.client.conf.update(task_default_queue=queue, result_extended=extended)
-        if kind == 'sqlite':
-            self.client.backend.get_task_meta('warm-up')
-        env = dict(
-            os.environ,
-            PYTHONPATH=_python_path(),
-            PYTHONUNBUFFERED='1',
-            CCT_WORKER_BROKER_URL=broker,
-            CCT_WORKER_RESULT_BACKEND=backend,
-            CCT_WORKER_RESULT_EXTENDED='1' if extended else '',
-            CCT_WORKER_QUEUE=queue,
-        )
-        self.process = servers.CeleryWorker(
-            WORKER_APP, REPO_DIR, self.name, pool, env, work_dir, concurrency=concurrency
+        name = 'own-%s-%d-%s-%s' % (label, self.counter[0], kind, pool)
+        super(DedicatedWorker, self).__init__(
+            kind, pool, server, work_dir, name=name, concurrency=concurrency
         )
 
     @property
