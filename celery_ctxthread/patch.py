@@ -46,9 +46,22 @@ def _patched_submit(original):
 
 
 _TARGETS = (
-    (threading.Thread, 'start', _patched_start),
-    (ThreadPoolExecutor, 'submit', _patched_submit),
+    ('Thread', 'start', _patched_start),
+    ('ThreadPoolExecutor', 'submit', _patched_submit),
 )
+
+
+def _defining_class(class_name, name):
+    """The class that defines ``name``, looked up now, not at import.
+
+    gevent's monkey-patching replaces ``threading.Thread`` with a subclass
+    that inherits ``start``: patching the class that defines it covers both.
+    """
+    owner = threading.Thread if class_name == 'Thread' else ThreadPoolExecutor
+    for klass in owner.__mro__:
+        if name in klass.__dict__:
+            return klass
+    raise AttributeError('%s has no %s to patch' % (owner.__name__, name))
 
 
 def install():
@@ -56,7 +69,8 @@ def install():
     with _lock:
         if _originals:
             return
-        for owner, name, make_patch in _TARGETS:
+        for class_name, name, make_patch in _TARGETS:
+            owner = _defining_class(class_name, name)
             original = owner.__dict__[name]
             patched = make_patch(original)
             setattr(patched, _ORIGINAL_ATTRIBUTE, original)

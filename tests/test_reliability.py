@@ -31,7 +31,7 @@ import uuid
 import pytest
 from celery.result import ResultSet
 
-from tests.conftest import BACKEND_KINDS, CONCURRENT_POOLS, _combos, _worker
+from tests.conftest import BACKEND_KINDS, CONCURRENT_POOLS, POOLS, _combos, _worker
 from tests.servers import wait_until
 
 RESULT_TIMEOUT = 30.0
@@ -392,7 +392,7 @@ def test_killed_prefork_child_fails_its_task_and_the_next_tasks_are_clean(dedica
 # -------------------------------- 4. warm shutdown with a live TaskThread
 
 
-@pytest.mark.parametrize('pool', CONCURRENT_POOLS)
+@pytest.mark.parametrize('pool', [pool for pool in ('prefork', 'threads') if pool in POOLS])
 def test_warm_shutdown_with_a_lingering_non_daemon_thread(dedicated_worker, tmpdir, pool):
     """prefork: the child process exits without joining the thread, so the
     worker stops within the bound.  threads: the thread lives in the worker's
