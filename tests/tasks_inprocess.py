@@ -42,8 +42,11 @@ def running(task, task_id='task-1', app_current=True):
     try:
         yield task
     finally:
-        task.request_stack.pop()
-        _state._task_stack.pop()
+        # Tolerant of a leaky body that emptied a stack: _FastLocalStack.pop
+        # raises IndexError on an empty stack.
+        for stack in (task.request_stack, _state._task_stack):
+            if stack.stack:
+                stack.pop()
         _state._tls.current_app = previous_app
 
 
