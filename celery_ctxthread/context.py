@@ -101,13 +101,15 @@ class TaskContext(object):
         if app is not None:
             _APP_LOCAL.current_app = app
         pushes = self._pushes
-        tokens = [push(target, items) for push, _, target, items in pushes]
-        try:
+        tokens = []
+        try:  # pushed inside the try: a KeyboardInterrupt mid-push is undone too
+            for push, _, target, items in pushes:
+                tokens.append(push(target, items))
             if self._vars is None:
                 return fn(*args, **kwargs)
             return self._vars.copy().run(fn, *args, **kwargs)
         finally:
-            index = len(pushes)
+            index = len(tokens)
             while index:  # last pushed, first restored
                 index -= 1
                 _, restore, target, _ = pushes[index]

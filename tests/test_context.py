@@ -233,6 +233,36 @@ def test_unknown_stack_flavours_get_the_public_api_and_are_restored():
     assert access.read(stack) == ('a',)
 
 
+class FailingPushStack(PublicOnlyStack):
+    """A request stack whose push fails, as if interrupted mid-push."""
+
+    def push(self, item):
+        raise KeyboardInterrupt('interrupted while pushing')
+
+
+def test_a_push_that_fails_half_way_is_undone():
+    class HalfBound(object):
+        name = 'half-bound'
+        request_stack = FailingPushStack()
+
+    task = HalfBound()
+    task.request_stack.stack.append('its request')  # captured, so pushed in run()
+    _state._task_stack.push(task)
+    try:
+        context = cct.capture()
+    finally:
+        _state._task_stack.pop()
+
+    def check():
+        before = thread_state()
+        with pytest.raises(KeyboardInterrupt):
+            context.run(observe)
+        return before, thread_state()
+
+    before, after = in_thread(check)
+    assert before == after  # the task stack pushed first was restored
+
+
 def test_the_default_flavour_is_detected():
     expected = (
         _stacks.ThreadLocalListAccess
