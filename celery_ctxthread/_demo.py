@@ -301,7 +301,10 @@ class Worker(object):
     def __init__(self, urls, workdir):
         self.urls = urls
         self.log_path = os.path.join(workdir, 'worker.log')
-        self.pool = 'threads' if _celery_at_least(4, 4) else 'solo'
+        # USE_FAST_LOCALS breaks the threads pool in Celery itself: the tracer
+        # binds push() to the thread that built it, so no task has a context.
+        threads_ok = _celery_at_least(4, 4) and not os.environ.get('USE_FAST_LOCALS')
+        self.pool = 'threads' if threads_ok else 'solo'
         self.process = None
 
     @property

@@ -15,6 +15,7 @@ import uuid
 import celery
 import pytest
 
+from tests.conftest import _worker
 from tests.integration_tasks import ENTRY_POINTS
 from tests.servers import wait_until
 
@@ -279,3 +280,23 @@ def test_eager_baseline_plain_thread_loses_the_task(eager_tasks, tmpdir):
     _, report, stored, _ = _eager_probe(eager_tasks, 'plain', tmpdir)
     assert_ids(report, None)
     assert stored['status'] == 'PENDING'
+
+
+# ---------------------- a limitation of Celery itself: fast locals + threads
+
+
+@pytest.mark.skipif(
+    not (os.environ.get('USE_FAST_LOCALS') and celery.VERSION >= (4, 4)),
+    reason='only USE_FAST_LOCALS cells with the threads pool (Celery 4.4+) have it',
+)
+def test_fast_locals_threads_pool_limitation(request, worker_registry):
+    """USE_FAST_LOCALS + threads pool: the task's own thread has no current_task,
+    so there is nothing to propagate.  Celery's tracer binds ``_task_stack.push``
+    once, in the thread that builds it; a threading.local's bound push then
+    pushes onto that thread's list, never the pool thread's."""
+    worker = _worker(request, worker_registry, 'redis', 'threads')
+    run = ProbeRun(worker, 'TaskThread')
+    report = run.report()
+    assert report['stack_flavour'] == '_FastLocalStack'
+    assert_ids({'ids': report['parent']}, None)  # the task itself sees nothing
+    assert_ids(report, None)
