@@ -14,10 +14,10 @@ executor's own worker threads are never given a context).  A thread can be
 left out with :func:`celery_ctxthread.opt_out`.
 """
 
+import concurrent.futures
 import functools
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from celery_ctxthread.futures import submit_in_context
 from celery_ctxthread.threads import start_in_context
@@ -45,19 +45,20 @@ def _patched_submit(original):
     return submit
 
 
+# (module, class, method): the class is looked up in its module at install().
 _TARGETS = (
-    ('Thread', 'start', _patched_start),
-    ('ThreadPoolExecutor', 'submit', _patched_submit),
+    (threading, 'Thread', 'start', _patched_start),
+    (concurrent.futures, 'ThreadPoolExecutor', 'submit', _patched_submit),
 )
 
 
-def _defining_class(class_name, name):
-    """The class that defines ``name``, looked up now, not at import.
+def _defining_class(module, class_name, name):
+    """The class that defines ``name``, found now, not at import.
 
     gevent's monkey-patching replaces ``threading.Thread`` with a subclass
     that inherits ``start``: patching the class that defines it covers both.
     """
-    owner = threading.Thread if class_name == 'Thread' else ThreadPoolExecutor
+    owner = getattr(module, class_name)
     for klass in owner.__mro__:
         if name in klass.__dict__:
             return klass
@@ -69,8 +70,8 @@ def install():
     with _lock:
         if _originals:
             return
-        for class_name, name, make_patch in _TARGETS:
-            owner = _defining_class(class_name, name)
+        for module, class_name, name, make_patch in _TARGETS:
+            owner = _defining_class(module, class_name, name)
             original = owner.__dict__[name]
             patched = make_patch(original)
             setattr(patched, _ORIGINAL_ATTRIBUTE, original)

@@ -11,10 +11,15 @@ import os
 import threading
 import time
 
-from celery import current_task
-
 import celery_ctxthread as cct
-from tests.integration_tasks import JOIN_TIMEOUT, app, poll_until, wait_for_file, write_json
+from tests.integration_tasks import (
+    JOIN_TIMEOUT,
+    app,
+    poll_until,
+    seen_ids,
+    wait_for_file,
+    write_json,
+)
 
 # The longest a straggler thread waits for the test's "task has ended" file.
 LATE_WAIT = 20.0
@@ -23,11 +28,9 @@ LOAD_EXECUTOR = cct.TaskThreadPoolExecutor(max_workers=8)
 
 
 def _own_ids(task):
-    try:
-        current = current_task.request.id
-    except AttributeError:  # current_task is None
-        current = None
-    return task.request.id, current
+    """(self.request.id, current_task.request.id) as this thread sees them."""
+    ids = seen_ids(task)
+    return ids['self_request'], ids['current_task']
 
 
 # ---------------------------------------------------- 1. late updates
