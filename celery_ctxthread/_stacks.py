@@ -10,22 +10,32 @@ Every Celery from 4.3 to 5.7 ships two stack flavours, chosen at import by
 - ``_FastLocalStack``: a ``threading.local`` whose ``push``/``pop`` are bound
   to the per-thread ``stack`` list.
 
-This is the one place that goes below the public API.  An accessor works on
-a *target* (what it needs of the stack, found once per capture)::
+This is the one place that goes below the public API.  A snapshot reads its
+stacks with :func:`read`, and :func:`plan` turns ``(stack, items)`` pairs into
+*steps* that it runs on every activation::
 
-    target = access.target(stack)
-    items = access.read(target)           # tuple, bottom first
-    token = access.push(target, items)    # push on this thread's stack
-    access.restore(target, token)         # back to exactly what it was
+    steps = plan([(task_stack, tasks), (request_stack, requests)])
+    tokens = [push(target, items) for push, _, target, items in steps]
+    ...                                    # the stacks now end with the items
+    for (_, restore, target, _), token in reversed(list(zip(steps, tokens))):
+        restore(target, token)             # back to exactly what they were
 
-Any other stack type gets the public API (slower, same behaviour).
+``_LocalStack``\\ s keyed by the same ident function share one step, so a run
+asks for the thread's ident once.  Any other stack type gets the public API
+(slower, same behaviour).
 """
 
 from celery.utils import threads as _celery_threads
 
 
 class IdentDictAccess(object):
-    """``_LocalStack``: one ``{'stack': list}`` entry per ident in ``__storage__``."""
+    """``_LocalStack``: one ``{'stack': list}`` entry per ident in ``__storage__``.
+
+    A push *replaces* the thread's entry with a new one holding the longer
+    list, and a restore puts the saved entry object back (or deletes the new
+    one): whatever the target did to the stack in between is dropped with it.
+    ``_LocalStack`` looks its entry up on every call, so nobody holds the old one.
+    """
 
     @staticmethod
     def target(stack):
@@ -37,31 +47,46 @@ class IdentDictAccess(object):
         return tuple(entry.get('stack') or ()) if entry else ()
 
     @staticmethod
+    def read_stack(stack):  # read(target(stack)) in one call: capture() runs it per stack
+        local = stack._local
+        entry = local.__storage__.get(local.__ident_func__())
+        return tuple(entry.get('stack') or ()) if entry else ()
+
+    @staticmethod
     def push(local, items):
-        ident = local.__ident_func__()
-        entry = local.__storage__.get(ident)
-        live = entry.get('stack') if entry else None
-        if live is None:
-            if items:  # pushing nothing must not create an entry: pop() differs
-                local.__storage__[ident] = {'stack': list(items)}
-            return ident, None
-        saved = live[:]
-        live.extend(items)
-        return ident, saved
+        return push_ident_group(local.__ident_func__, ((local.__storage__, list(items)),))
 
     @staticmethod
     def restore(local, token):
-        ident, saved = token
-        storage = local.__storage__
-        if saved is None:  # the thread had no entry: release it, as pop() would
+        restore_ident_group(local.__ident_func__, token)
+
+
+def push_ident_group(ident_func, parts):
+    """Extend the current thread's stack in each ``(storage, items_list)`` part."""
+    ident = ident_func()
+    saved = []
+    for storage, items in parts:
+        entry = storage.get(ident)
+        saved.append(entry)
+        if not items:  # pushing nothing must not create an entry: pop() differs
+            continue
+        stack = entry.get('stack') if entry else None
+        # A new list each time: runs in several threads share `items`.
+        storage[ident] = {'stack': stack + items if stack else items[:]}
+    return ident, parts, saved
+
+
+def restore_ident_group(_, token):
+    ident, parts, saved = token
+    index = len(saved)
+    while index:
+        index -= 1
+        entry = saved[index]
+        storage = parts[index][0]
+        if entry is None:  # the thread had no entry: release it, as pop() would
             storage.pop(ident, None)
-            return
-        entry = storage.setdefault(ident, {})
-        live = entry.get('stack')
-        if live is None:  # the target popped the entry away
-            entry['stack'] = saved
         else:
-            live[:] = saved  # in place: callers may hold the live list
+            storage[ident] = entry
 
 
 class ThreadLocalListAccess(object):
@@ -74,6 +99,8 @@ class ThreadLocalListAccess(object):
     @staticmethod
     def read(stack):
         return tuple(stack.stack)
+
+    read_stack = read
 
     @staticmethod
     def push(stack, items):
@@ -119,3 +146,26 @@ del _name, _access, _cls
 def access_for(stack):
     """Return the accessor for ``stack``'s flavour."""
     return _ACCESS_BY_TYPE.get(type(stack), PublicApiAccess)
+
+
+def read(stack):
+    """The current thread's items on ``stack``, bottom first, as a tuple."""
+    return _ACCESS_BY_TYPE.get(type(stack), PublicApiAccess).read_stack(stack)
+
+
+def plan(pairs):
+    """The steps ``(push, restore, target, items)`` that push each pair's items."""
+    steps = []
+    groups = {}  # ident function -> the parts of its step
+    for stack, items in pairs:
+        access = access_for(stack)
+        target = access.target(stack)
+        if access is not IdentDictAccess:
+            steps.append((access.push, access.restore, target, tuple(items)))
+            continue
+        parts = groups.get(target.__ident_func__)
+        if parts is None:
+            parts = groups[target.__ident_func__] = []
+            steps.append((push_ident_group, restore_ident_group, target.__ident_func__, parts))
+        parts.append((target.__storage__, list(items)))
+    return tuple(steps)

@@ -30,13 +30,12 @@ import weakref
 
 from celery import _state
 
+from celery_ctxthread import _stacks
 from celery_ctxthread._compat import copy_context
-from celery_ctxthread._stacks import access_for
 from celery_ctxthread.late import ensure_guard
 
-_TASK_ACCESS = access_for(_state._task_stack)
-_TASK_TARGET = _TASK_ACCESS.target(_state._task_stack)
-_TASK_PUSH = (_TASK_ACCESS.push, _TASK_ACCESS.restore, _TASK_TARGET)
+_TASK_STACK = _state._task_stack
+_read_tasks = _stacks.access_for(_TASK_STACK).read_stack
 _APP_LOCAL = _state._tls
 # This thread's newest snapshot, held weakly: consecutive captures of the same
 # context (a map() over many jobs) share one object, so jobs waiting in a
@@ -52,14 +51,16 @@ class TaskContext(object):
     captures it again).
     """
 
-    __slots__ = ('__weakref__', '_app', '_pushes', '_request', '_task', '_vars')
+    __slots__ = ('__weakref__', '_app', '_request', '_sources', '_steps', '_task', '_vars')
 
-    def __init__(self, pushes, task, request, app, vars):
-        # pushes: ((push, restore, target, items), ...), task stack first;
-        # the accessor's functions are looked up once here, not per run.
-        self._pushes = pushes
-        self._task = task
-        self._request = request
+    def __init__(self, sources, app, vars):
+        # sources: ((stack, items), ...), the task stack first, then the
+        # request stack of each task with its top request (or nothing).  The
+        # steps that push them are planned once here, not per run.
+        self._sources = sources
+        self._steps = _stacks.plan(sources)
+        self._task = sources[0][1][-1] if sources else None
+        self._request = _top_request(sources, self._task)
         self._app = app
         self._vars = vars
 
@@ -92,18 +93,17 @@ class TaskContext(object):
         Entry points use it so that a keyword argument named ``fn`` reaches
         the target instead of clashing with ours.
         """
-        if not self._pushes:
+        steps = self._steps
+        if not steps:
             return fn(*args, **kwargs)
-        app = self._app
         # Saved even when the snapshot has no app: the target may make one
         # current, and a pool thread must not keep it for its next job.
         previous_app = _APP_LOCAL.current_app
-        if app is not None:
-            _APP_LOCAL.current_app = app
-        pushes = self._pushes
+        if self._app is not None:
+            _APP_LOCAL.current_app = self._app
         tokens = []
         try:  # pushed inside the try: a KeyboardInterrupt mid-push is undone too
-            for push, _, target, items in pushes:
+            for push, _, target, items in steps:
                 tokens.append(push(target, items))
             if self._vars is None:
                 return fn(*args, **kwargs)
@@ -112,7 +112,7 @@ class TaskContext(object):
             index = len(tokens)
             while index:  # last pushed, first restored
                 index -= 1
-                _, restore, target, _ = pushes[index]
+                _, restore, target, _ = steps[index]
                 restore(target, tokens[index])
             _APP_LOCAL.current_app = previous_app
 
@@ -122,7 +122,15 @@ class TaskContext(object):
         return '<TaskContext %s[%s]>' % (getattr(self._task, 'name', self._task), self.task_id)
 
 
-_EMPTY = TaskContext((), None, None, None, None)
+def _top_request(sources, task):
+    stack = getattr(task, 'request_stack', None)
+    for source, items in sources[1:]:
+        if source is stack:
+            return items[-1] if items else None
+    return None
+
+
+_EMPTY = TaskContext((), None, None)
 _guard_ready = False
 
 
@@ -138,38 +146,34 @@ def capture():
     Cheap enough to call per job.  Outside any task it returns a shared empty
     snapshot, and running under it is exactly calling the function.
     """
-    tasks = _TASK_ACCESS.read(_TASK_TARGET)
+    tasks = _read_tasks(_TASK_STACK)
     if not tasks:
         return _EMPTY
     if not _guard_ready:
         _set_guard_up()
-    pushes = [_TASK_PUSH + (tasks,)]
-    top_requests = {}
+    sources = [(_TASK_STACK, tasks)]
+    seen = []  # ids of the request stacks read: a task may be on the stack twice
     for task in tasks:
         stack = getattr(task, 'request_stack', None)  # None on an unbound task class
-        if stack is None or id(stack) in top_requests:
+        if stack is None or id(stack) in seen:
             continue
-        access = access_for(stack)
-        target = access.target(stack)
-        requests = access.read(target)
-        top_requests[id(stack)] = requests[-1] if requests else None
-        # A task without a request still gets a restore point (pushing nothing).
-        pushes.append((access.push, access.restore, target, requests[-1:]))
-    pushes = tuple(pushes)
+        seen.append(id(stack))
+        # Only the top request: a task without one still gets a restore point.
+        sources.append((stack, _stacks.read(stack)[-1:]))
+    sources = tuple(sources)
     app = _APP_LOCAL.current_app
     vars = copy_context() if copy_context is not None else None
     newest = getattr(_newest, 'ref', _dead_ref)()
-    # Tasks and requests compare by identity; contexts by content (O(1) when unchanged).
+    # Stacks, tasks and requests compare by identity; contexts by content
+    # (O(1) when unchanged).
     if (
         newest is not None
-        and newest._pushes == pushes
+        and newest._sources == sources
         and newest._app is app
         and newest._vars == vars
     ):
         return newest
-    top_task = tasks[-1]
-    request = top_requests.get(id(getattr(top_task, 'request_stack', None)))
-    context = TaskContext(pushes, top_task, request, app, vars)
+    context = TaskContext(sources, app, vars)
     _newest.ref = weakref.ref(context)
     return context
 

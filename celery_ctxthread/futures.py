@@ -35,31 +35,60 @@ def submit_in_context(submit, args, kwargs):
     """
     if len(args) < 2:
         return submit(*args, **kwargs)  # the stdlib raises its own TypeError
-    context = capture()
-    if context.task is None:
-        # Nothing to propagate: a worker thread this submit() starts would
-        # capture the same empty context, so the flag below is not needed.
-        return submit(*args, **kwargs)
+    fn = args[1]
+    if type(fn) is _JobInContext:  # from our map(): captured once for all its jobs
+        context, fn = fn.context, fn.fn
+    else:
+        context = capture()
+        if context.task is None:
+            # Nothing to propagate: a worker thread this submit() starts would
+            # capture the same empty context, so the flag below is not needed.
+            return submit(*args, **kwargs)
     was_active = getattr(_pool_worker_starts, 'active', False)
     _pool_worker_starts.active = True
     try:
         # The plain function, not a bound method: one object less per queued job.
-        return submit(args[0], TaskContext.call, context, args[1], args[2:], kwargs)
+        return submit(args[0], TaskContext.call, context, fn, args[2:], kwargs)
     finally:
         _pool_worker_starts.active = was_active
 
 
-class TaskThreadPoolExecutor(ThreadPoolExecutor):
-    """A drop-in :class:`~concurrent.futures.ThreadPoolExecutor`; ``map`` goes through ``submit``.
+class _JobInContext(object):
+    """``fn`` bound to a context captured once by ``map()``; ``submit`` unpacks it."""
 
-    Only the public ``submit`` is overridden: Python 3.14 removed the private
-    internals that subclasses used to touch.
+    __slots__ = ('context', 'fn')
+
+    def __init__(self, context, fn):
+        self.context = context
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):  # reached only if a subclass calls it directly
+        return self.context.call(self.fn, args, kwargs)
+
+
+class TaskThreadPoolExecutor(ThreadPoolExecutor):
+    """A drop-in :class:`~concurrent.futures.ThreadPoolExecutor`.
+
+    Only the public ``submit`` and ``map`` are overridden (``map`` still goes
+    through ``submit``): Python 3.14 removed the private internals that
+    subclasses used to touch.
     """
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
         return submit_in_context(_stdlib_submit, args, kwargs)
 
     submit.__doc__ = ThreadPoolExecutor.submit.__doc__
+
+    def map(self, fn, *iterables, **kwargs):
+        # Capture once, when map() is called, for all of its jobs: cheaper
+        # than once per job, and right when the stdlib submits lazily
+        # (Python 3.14's buffersize) from whichever thread iterates.
+        context = capture()
+        if context.task is not None:
+            fn = _JobInContext(context, fn)
+        return ThreadPoolExecutor.map(self, fn, *iterables, **kwargs)
+
+    map.__doc__ = ThreadPoolExecutor.map.__doc__
 
 
 def submit(fn, *args, **kwargs):

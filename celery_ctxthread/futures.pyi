@@ -1,4 +1,4 @@
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
@@ -13,5 +13,8 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
     def submit(
         self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> Future[_R]: ...
+    def map(  # type: ignore[override]  # the stdlib's keywords differ by version
+        self, fn: Callable[..., _R], *iterables: Iterable[Any], **kwargs: Any
+    ) -> Iterator[_R]: ...
 
 def submit(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]: ...

@@ -32,7 +32,7 @@ _originals = {}  # (owner, name) -> the attribute we replaced, while installed
 def _patched_start(original):
     @functools.wraps(original)
     def start(self):
-        return start_in_context(self, functools.partial(original, self))
+        return start_in_context(self, original.__get__(self))
 
     return start
 

@@ -67,16 +67,16 @@ def start_in_context(thread, start):
     task, for an opted-out thread, for a pool's own workers, and for a thread
     already wrapped (then ``start()`` raises as the stdlib does when started twice).
     """
+    context = capture()  # first: outside a task nothing else is looked at
+    own = thread.__dict__  # not getattr(): a missing attribute costs an exception
     if (
-        isinstance(thread.__dict__.get('run'), _RunInContext)
+        context.task is None
+        or own.get(_OPT_OUT_ATTRIBUTE)
+        or type(own.get('run')) is _RunInContext
         or getattr(_pool_worker_starts, 'active', False)
-        or getattr(thread, _OPT_OUT_ATTRIBUTE, False)
     ):
         return start()
-    context = capture()
-    if context.task is None:
-        return start()
-    own_run = thread.__dict__.get('run', _MISSING)
+    own_run = own.get('run', _MISSING)
     thread.run = _RunInContext(context, thread.run)
     try:
         return start()

@@ -3,7 +3,7 @@
 from __future__ import absolute_import
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from celery import _state
@@ -128,6 +128,48 @@ def test_executor_gives_each_job_its_submitters_context_and_workers_stay_clean()
         assert pool.submit(thread_state).result(10)[:3] == [[], [], []]
     finally:
         pool.shutdown(wait=True)
+
+
+def test_map_takes_the_context_of_its_caller_once_and_still_goes_through_submit():
+    class Counting(cct.TaskThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, fn, *args, **kwargs):  # a subclass's own submit still sees map's jobs
+            Counting.submitted += 1
+            return super(Counting, self).submit(fn, *args, **kwargs)
+
+    with Counting(max_workers=2) as pool:
+        with running(probe, 'mapper'):
+            results = pool.map(lambda index: (index, observe()['current_id']), range(5))
+        # Iterated after the task left: the jobs keep the context of map()'s caller.
+        assert list(results) == [(index, 'mapper') for index in range(5)]
+        assert Counting.submitted == 5
+        assert list(pool.map(lambda _: observe()['current_id'], range(2))) == [None, None]
+        assert pool.submit(thread_state).result(10)[:3] == [[], [], []]
+
+
+def test_a_job_from_map_called_directly_runs_in_its_context():
+    """A subclass whose submit() calls the job itself, later, gets map's wrapper: it propagates."""
+
+    class Deferred(cct.TaskThreadPoolExecutor):
+        def __init__(self):
+            super(Deferred, self).__init__(max_workers=1)
+            self.queued = []
+
+        def submit(self, fn, *args, **kwargs):
+            future = Future()
+            self.queued.append(lambda: future.set_result(fn(*args, **kwargs)))
+            return future
+
+    pool = Deferred()
+    with running(probe, 'mapper'):
+        results = pool.map(lambda _: observe()['current_id'], range(2))
+    before = thread_state()
+    for job in pool.queued:  # outside the task now
+        job()
+    assert list(results) == ['mapper', 'mapper']
+    assert thread_state() == before
+    pool.shutdown()
 
 
 def test_executor_passes_a_keyword_named_fn_to_the_job():
