@@ -37,10 +37,17 @@ from celery_ctxthread.late import ensure_guard
 _TASK_STACK = _state._task_stack
 _read_tasks = _stacks.access_for(_TASK_STACK).read_stack
 _APP_LOCAL = _state._tls
-# This thread's newest snapshot, held weakly: consecutive captures of the same
-# context (a map() over many jobs) share one object, so jobs waiting in a
-# queue keep few objects alive for the garbage collector to walk.
-_newest = threading.local()
+
+
+class _NewestSnapshot(threading.local):
+    # This thread's newest snapshot, held weakly: consecutive captures of the
+    # same context (a map() over many jobs) share one object, so jobs waiting
+    # in a queue keep few objects alive for the garbage collector to walk.
+    # A class default, so that reading it never raises and catches.
+    ref = None
+
+
+_newest = _NewestSnapshot()
 
 
 class TaskContext(object):
@@ -163,7 +170,9 @@ def capture():
     sources = tuple(sources)
     app = _APP_LOCAL.current_app
     vars = copy_context() if copy_context is not None else None
-    newest = getattr(_newest, 'ref', _dead_ref)()
+    newest = _newest.ref
+    if newest is not None:
+        newest = newest()
     # Stacks, tasks and requests compare by identity; contexts by content
     # (O(1) when unchanged).
     if (
@@ -176,10 +185,6 @@ def capture():
     context = TaskContext(sources, app, vars)
     _newest.ref = weakref.ref(context)
     return context
-
-
-def _dead_ref():
-    return None
 
 
 def wrap(fn):

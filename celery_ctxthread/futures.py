@@ -44,7 +44,7 @@ def submit_in_context(submit, args, kwargs):
             # Nothing to propagate: a worker thread this submit() starts would
             # capture the same empty context, so the flag below is not needed.
             return submit(*args, **kwargs)
-    was_active = getattr(_pool_worker_starts, 'active', False)
+    was_active = _pool_worker_starts.active
     _pool_worker_starts.active = True
     try:
         # The plain function, not a bound method: one object less per queued job.

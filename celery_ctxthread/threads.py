@@ -22,14 +22,17 @@ that override ``run()`` are covered too.  ``run()`` called directly, without
 import threading
 
 from celery_ctxthread._compat import TimerBase
-from celery_ctxthread.context import capture
+from celery_ctxthread.context import _EMPTY, capture
 
-_OPT_OUT_ATTRIBUTE = '_celery_ctxthread_opt_out'
-_MISSING = object()
 
-# Set while an executor's submit() runs: the threads it starts then are pool
-# workers that outlive the job, and must never keep the job's context.
-_pool_worker_starts = threading.local()
+class _PoolWorkerStarts(threading.local):
+    # Set while an executor's submit() runs: the threads it starts then are
+    # pool workers that outlive the job, and must never keep the job's context.
+    # A class default, so that reading it never raises and catches.
+    active = False
+
+
+_pool_worker_starts = _PoolWorkerStarts()
 
 
 def opt_out(thread):
@@ -39,12 +42,17 @@ def opt_out(thread):
 
         cct.opt_out(threading.Thread(target=watchdog)).start()
     """
-    setattr(thread, _OPT_OUT_ATTRIBUTE, True)
+    if type(thread.run) is not _RunInContext:
+        # Bound to the empty context: start() sees it wrapped and leaves it be.
+        thread.run = _RunInContext(_EMPTY, thread.run)
     return thread
 
 
 class _RunInContext(object):
-    """A thread's ``run``, bound to the context captured by its ``start()``."""
+    """A thread's ``run``, bound to the context its ``start()`` captured.
+
+    :func:`opt_out` binds it to the empty context ahead of ``start()``.
+    """
 
     __slots__ = ('context', 'run')
 
@@ -68,23 +76,16 @@ def start_in_context(thread, start):
     already wrapped (then ``start()`` raises as the stdlib does when started twice).
     """
     context = capture()  # first: outside a task nothing else is looked at
-    own = thread.__dict__  # not getattr(): a missing attribute costs an exception
-    if (
-        context.task is None
-        or own.get(_OPT_OUT_ATTRIBUTE)
-        or type(own.get('run')) is _RunInContext
-        or getattr(_pool_worker_starts, 'active', False)
-    ):
+    run = thread.run
+    if context.task is None or type(run) is _RunInContext or _pool_worker_starts.active:
         return start()
-    own_run = own.get('run', _MISSING)
-    thread.run = _RunInContext(context, thread.run)
+    thread.run = _RunInContext(context, run)
     try:
         return start()
     except BaseException:  # it never started: leave the thread as it was
-        if own_run is _MISSING:
-            del thread.run
-        else:
-            thread.run = own_run
+        del thread.run
+        if thread.run != run:  # it had a run of its own on the instance
+            thread.run = run
         raise
 
 
