@@ -12,17 +12,16 @@ Every Celery from 4.3 to 5.7 ships two stack flavours, chosen at import by
 
 This is the one place that goes below the public API.  A snapshot reads its
 stacks with :func:`read`, and :func:`plan` turns ``(stack, items)`` pairs into
-*steps* that it runs on every activation::
+the one *step* that it runs on every activation::
 
-    steps = plan([(task_stack, tasks), (request_stack, requests)])
-    tokens = [push(target, items) for push, _, target, items in steps]
-    ...                                    # the stacks now end with the items
-    for (_, restore, target, _), token in reversed(list(zip(steps, tokens))):
-        restore(target, token)             # back to exactly what they were
+    push, restore, target, items = plan([(task_stack, tasks), (request_stack, requests)])
+    token = push(target, items)    # the stacks now end with the items
+    ...
+    restore(target, token)         # back to exactly what they were
 
-``_LocalStack``\\ s keyed by the same ident function share one step, so a run
-asks for the thread's ident once.  Any other stack type gets the public API
-(slower, same behaviour).
+``_LocalStack``\\ s keyed by the same ident function are pushed together, so
+a run asks for the thread's ident once.  Any other stack type gets the public
+API (slower, same behaviour).
 """
 
 from celery.utils import threads as _celery_threads
@@ -54,15 +53,18 @@ class IdentDictAccess(object):
 
     @staticmethod
     def push(local, items):
-        return push_ident_group(local.__ident_func__, ((local.__storage__, list(items)),))
+        return push_ident_group(((local.__storage__, list(items)),), local.__ident_func__)
 
     @staticmethod
     def restore(local, token):
-        restore_ident_group(local.__ident_func__, token)
+        restore_ident_group(((local.__storage__, None),), token)
 
 
-def push_ident_group(ident_func, parts):
-    """Extend the current thread's stack in each ``(storage, items_list)`` part."""
+def push_ident_group(parts, ident_func):
+    """Extend the current thread's stack in each ``(storage, items_list)`` part.
+
+    The token is the list of the entries it replaced, then the ident.
+    """
     ident = ident_func()
     saved = []
     for storage, items in parts:
@@ -70,23 +72,25 @@ def push_ident_group(ident_func, parts):
         saved.append(entry)
         if not items:  # pushing nothing must not create an entry: pop() differs
             continue
-        stack = entry.get('stack') if entry else None
         # A new list each time: runs in several threads share `items`.
-        storage[ident] = {'stack': stack + items if stack else items[:]}
-    return ident, parts, saved
+        if entry is None:
+            storage[ident] = {'stack': items[:]}
+        else:
+            storage[ident] = {'stack': (entry.get('stack') or []) + items}
+    saved.append(ident)
+    return saved
 
 
-def restore_ident_group(_, token):
-    ident, parts, saved = token
-    index = len(saved)
-    while index:
+def restore_ident_group(parts, saved):
+    ident = saved[-1]
+    index = len(parts)
+    while index:  # last pushed, first restored
         index -= 1
         entry = saved[index]
-        storage = parts[index][0]
         if entry is None:  # the thread had no entry: release it, as pop() would
-            storage.pop(ident, None)
+            parts[index][0].pop(ident, None)
         else:
-            storage[ident] = entry
+            parts[index][0][ident] = entry
 
 
 class ThreadLocalListAccess(object):
@@ -154,18 +158,44 @@ def read(stack):
 
 
 def plan(pairs):
-    """The steps ``(push, restore, target, items)`` that push each pair's items."""
-    steps = []
-    groups = {}  # ident function -> the parts of its step
+    """The one step ``(push, restore, target, items)`` that pushes each pair's items.
+
+    ``token = push(target, items)`` pushes them all, ``restore(target, token)``
+    puts every stack back.  None when there is nothing to push.
+    """
+    ident_func = None
+    parts = []  # the _LocalStacks, pushed together
+    steps = []  # any other stack, one step each
     for stack, items in pairs:
         access = access_for(stack)
-        target = access.target(stack)
-        if access is not IdentDictAccess:
-            steps.append((access.push, access.restore, target, tuple(items)))
-            continue
-        parts = groups.get(target.__ident_func__)
-        if parts is None:
-            parts = groups[target.__ident_func__] = []
-            steps.append((push_ident_group, restore_ident_group, target.__ident_func__, parts))
-        parts.append((target.__storage__, list(items)))
-    return tuple(steps)
+        if access is IdentDictAccess:
+            local = stack._local
+            ident_func = ident_func or local.__ident_func__
+            if local.__ident_func__ is ident_func:
+                parts.append((local.__storage__, list(items)))
+                continue
+        steps.append((access.push, access.restore, access.target(stack), tuple(items)))
+    if parts:
+        steps.insert(0, (push_ident_group, restore_ident_group, tuple(parts), ident_func))
+    if len(steps) > 1:
+        return (_push_steps, _restore_steps, tuple(steps), None)
+    return steps[0] if steps else None
+
+
+def _push_steps(steps, _):
+    tokens = []
+    try:
+        for push, _, target, items in steps:
+            tokens.append(push(target, items))
+    except BaseException:  # a push failed half-way: undo the steps before it
+        _restore_steps(steps, tokens)
+        raise
+    return tokens
+
+
+def _restore_steps(steps, tokens):
+    index = len(tokens)
+    while index:  # last pushed, first restored
+        index -= 1
+        _, restore, target, _ = steps[index]
+        restore(target, tokens[index])

@@ -58,14 +58,14 @@ class TaskContext(object):
     captures it again).
     """
 
-    __slots__ = ('__weakref__', '_app', '_request', '_sources', '_steps', '_task', '_vars')
+    __slots__ = ('__weakref__', '_app', '_request', '_sources', '_step', '_task', '_vars')
 
     def __init__(self, sources, app, vars):
         # sources: ((stack, items), ...), the task stack first, then the
         # request stack of each task with its top request (or nothing).  The
-        # steps that push them are planned once here, not per run.
+        # step that pushes them is planned once here, not per run.
         self._sources = sources
-        self._steps = _stacks.plan(sources)
+        self._step = _stacks.plan(sources)
         self._task = sources[0][1][-1] if sources else None
         self._request = _top_request(sources, self._task)
         self._app = app
@@ -100,27 +100,24 @@ class TaskContext(object):
         Entry points use it so that a keyword argument named ``fn`` reaches
         the target instead of clashing with ours.
         """
-        steps = self._steps
-        if not steps:
+        step = self._step
+        if step is None:
             return fn(*args, **kwargs)
+        push, restore, target, items = step
         # Saved even when the snapshot has no app: the target may make one
         # current, and a pool thread must not keep it for its next job.
         previous_app = _APP_LOCAL.current_app
         if self._app is not None:
             _APP_LOCAL.current_app = self._app
-        tokens = []
-        try:  # pushed inside the try: a KeyboardInterrupt mid-push is undone too
-            for push, _, target, items in steps:
-                tokens.append(push(target, items))
+        token = None
+        try:  # pushed inside the try: the app is put back if the push fails
+            token = push(target, items)
             if self._vars is None:
                 return fn(*args, **kwargs)
             return self._vars.copy().run(fn, *args, **kwargs)
         finally:
-            index = len(tokens)
-            while index:  # last pushed, first restored
-                index -= 1
-                _, restore, target, _ = steps[index]
-                restore(target, tokens[index])
+            if token is not None:
+                restore(target, token)
             _APP_LOCAL.current_app = previous_app
 
     def __repr__(self):
@@ -147,6 +144,19 @@ def _set_guard_up():
     _guard_ready = True
 
 
+def _sources_of(tasks):
+    """The task stack, then each task's request stack once, with its top request."""
+    sources = [(_TASK_STACK, tasks)]
+    seen = []  # ids: a task may be on the stack twice
+    for task in tasks:
+        stack = getattr(task, 'request_stack', None)
+        if stack is not None and id(stack) not in seen:
+            seen.append(id(stack))
+            # Only the top request: a task without one still gets a restore point.
+            sources.append((stack, _stacks.read(stack)[-1:]))
+    return tuple(sources)
+
+
 def capture():
     """Snapshot the calling thread's task context.
 
@@ -158,16 +168,14 @@ def capture():
         return _EMPTY
     if not _guard_ready:
         _set_guard_up()
-    sources = [(_TASK_STACK, tasks)]
-    seen = []  # ids of the request stacks read: a task may be on the stack twice
-    for task in tasks:
-        stack = getattr(task, 'request_stack', None)  # None on an unbound task class
-        if stack is None or id(stack) in seen:
-            continue
-        seen.append(id(stack))
-        # Only the top request: a task without one still gets a restore point.
-        sources.append((stack, _stacks.read(stack)[-1:]))
-    sources = tuple(sources)
+    if len(tasks) == 1:  # the usual case, read without the loop below
+        stack = getattr(tasks[0], 'request_stack', None)  # None on an unbound task class
+        if stack is None:
+            sources = ((_TASK_STACK, tasks),)
+        else:
+            sources = ((_TASK_STACK, tasks), (stack, _stacks.read(stack)[-1:]))
+    else:
+        sources = _sources_of(tasks)
     app = _APP_LOCAL.current_app
     vars = copy_context() if copy_context is not None else None
     newest = _newest.ref
