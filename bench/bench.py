@@ -403,8 +403,6 @@ def suite_memory(quick):
     """RSS and tracemalloc around many jobs in a task; the weakref check."""
     import tracemalloc
 
-    from celery.app.task import Context
-
     import celery_ctxthread as cct
 
     _, task = enter_task()
@@ -433,20 +431,21 @@ def suite_memory(quick):
     results['traced_growth'] = tracemalloc.get_traced_memory()[0] - traced_before
     tracemalloc.stop()
 
-    # A request pushed for a while, jobs run under it, then popped and dropped.
-    request = Context({'id': 'short-lived'}, args=(), kwargs={}, called_directly=False)
-    task.request_stack.push(request)
+    # A task's whole life: pushed, jobs, a wrap() and a TaskThread under it,
+    # popped.  Nothing may keep its request alive afterwards.
+    leave_task(task)
+    _, task = enter_task()
+    request = task.request_stack.top
     jobs(1000)
     cct.wrap(noop)()
     thread = cct.TaskThread(target=noop)
     thread.start()
     thread.join()
-    task.request_stack.pop()
+    leave_task(task)
     gone = weakref.ref(request)
     del request, thread
     gc.collect()
     results['request_released'] = gone() is None
-    leave_task(task)
     executor.shutdown()
     return results
 
@@ -460,6 +459,97 @@ SUITES = {
     'peer-sentry': suite_peer_sentry,
     'memory': suite_memory,
 }
+
+
+# --------------------------------------------------------------- instruction counts
+
+
+def counted_workload(workload, variant):
+    """The ``fn(ops)`` that ``--count`` runs, inside a task unless ``outside``."""
+    import celery_ctxthread as cct
+
+    if workload == 'outside':
+        if variant == 'ours':
+            cct.install()
+        return threads_of(threading.Thread)
+    enter_task()
+    if workload == 'thread':
+        return threads_of(cct.TaskThread if variant == 'ours' else threading.Thread)
+    if variant == 'otel':
+        from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+        ThreadingInstrumentor().instrument()
+    executor = (cct.TaskThreadPoolExecutor if variant == 'ours' else ThreadPoolExecutor)(1)
+    if workload == 'map':
+        return map_with(executor)
+    return submit_result_with(executor)
+
+
+COUNTED = (
+    # (workload, label, operations, variants after 'bare')
+    ('thread', 'Thread start+join, in a task', 1000, ('ours',)),
+    ('map', 'executor map (1 worker), in a task', 10000, ('ours',)),
+    ('submit', 'executor submit().result(), in a task', 3000, ('ours', 'otel')),
+    ('outside', 'Thread start+join, install() outside a task', 1000, ('ours',)),
+)
+
+
+def instructions(workload, variant, ops):
+    """Instructions the interpreter executes for ``ops`` operations, under valgrind."""
+    command = [
+        'valgrind',
+        '--tool=cachegrind',
+        '--cache-sim=no',
+        '--cachegrind-out-file=/dev/null',
+        sys.executable,
+        os.path.abspath(__file__),
+        '--count',
+        workload,
+        variant,
+        str(ops),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = process.communicate()
+    for line in err.decode('utf-8', 'replace').splitlines():
+        if 'I' in line and 'refs:' in line:
+            return int(line.rsplit(':', 1)[1].replace(',', ''))
+    raise RuntimeError('valgrind printed no instruction count for %s %s' % (workload, variant))
+
+
+def per_operation(workload, variant, ops):
+    # Everything but the operations (start-up, imports, warm-up) cancels out.
+    return (instructions(workload, variant, ops) - instructions(workload, variant, 0)) / ops
+
+
+def report_instructions():
+    table = Table(
+        'Instructions per operation (valgrind; deterministic, unlike the timings)',
+        ['workload', 'variant', 'bare', 'with it', 'overhead', 'ratio'],
+    )
+    for workload, label, ops, variants in COUNTED:
+        bare = per_operation(workload, 'bare', ops)
+        for variant in variants:
+            if variant == 'otel' and not _importable('opentelemetry.instrumentation.threading'):
+                continue
+            mine = per_operation(workload, variant, ops)
+            name = {'ours': 'celery-ctxthread', 'otel': 'OpenTelemetry'}[variant]
+            table.add(
+                label,
+                name,
+                '%.0f' % bare,
+                '%.0f' % mine,
+                '%+.0f' % (mine - bare),
+                '%.2fx' % (mine / bare),
+            )
+    return table.render()
+
+
+def _importable(name):
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------- parent: run and report
@@ -668,12 +758,38 @@ def parent(quick):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='small N, for a CI smoke run')
+    parser.add_argument(
+        '--instructions',
+        action='store_true',
+        help='count instructions per operation under valgrind instead of timing',
+    )
     parser.add_argument('--child', choices=sorted(SUITES), help=argparse.SUPPRESS)
+    parser.add_argument('--count', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(SUITES[args.child](args.quick)))
         return 0
+    if args.count:
+        workload, variant, ops = args.count
+        run = counted_workload(workload, variant)
+        run(20)  # warm-up, in both the counted and the zero run
+        run(int(ops))
+        return 0
+    if args.instructions:
+        if not _on_path('valgrind'):
+            parser.error('--instructions needs valgrind on PATH')
+        started = time.time()
+        print(report_instructions())
+        print('\n%.0f s' % (time.time() - started))
+        return 0
     return parent(args.quick)
+
+
+def _on_path(program):
+    return any(
+        os.access(os.path.join(folder, program), os.X_OK)
+        for folder in os.environ.get('PATH', '').split(os.pathsep)
+    )
 
 
 if __name__ == '__main__':

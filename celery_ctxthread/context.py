@@ -38,12 +38,23 @@ _TASK_STACK = _state._task_stack
 _read_tasks = _stacks.access_for(_TASK_STACK).read_stack
 _APP_LOCAL = _state._tls
 
+# Consecutive captures of the same context share this thread's newest snapshot:
+# jobs waiting in a queue keep one object alive, not one each, for the garbage
+# collector to walk, and a loop of start()s or submit().result()s does not
+# build a snapshot per iteration.  With the default stack flavour the snapshot
+# is kept in the thread's task stack entry, which Celery deletes when the last
+# task is popped: it lives exactly as long as the thread is inside a task.
+_task_entry = (
+    _stacks.IdentDictAccess.entry
+    if _stacks.access_for(_TASK_STACK) is _stacks.IdentDictAccess
+    else None
+)
+_SNAPSHOT_KEY = 'celery_ctxthread.snapshot'
+
 
 class _NewestSnapshot(threading.local):
-    # This thread's newest snapshot, held weakly: consecutive captures of the
-    # same context (a map() over many jobs) share one object, so jobs waiting
-    # in a queue keep few objects alive for the garbage collector to walk.
-    # A class default, so that reading it never raises and catches.
+    # Other flavours have no such entry: the newest snapshot is held weakly
+    # instead.  A class default, so that reading it never raises and catches.
     ref = None
 
 
@@ -163,7 +174,12 @@ def capture():
     Cheap enough to call per job.  Outside any task it returns a shared empty
     snapshot, and running under it is exactly calling the function.
     """
-    tasks = _read_tasks(_TASK_STACK)
+    if _task_entry is not None:
+        entry = _task_entry(_TASK_STACK)
+        tasks = tuple(entry.get('stack') or ()) if entry else ()
+    else:
+        entry = None
+        tasks = _read_tasks(_TASK_STACK)
     if not tasks:
         return _EMPTY
     if not _guard_ready:
@@ -178,9 +194,11 @@ def capture():
         sources = _sources_of(tasks)
     app = _APP_LOCAL.current_app
     vars = copy_context() if copy_context is not None else None
-    newest = _newest.ref
-    if newest is not None:
-        newest = newest()
+    if entry is not None:
+        newest = entry.get(_SNAPSHOT_KEY)
+    else:
+        newest = _newest.ref
+        newest = newest() if newest is not None else None
     # Stacks, tasks and requests compare by identity; contexts by content
     # (O(1) when unchanged).
     if (
@@ -191,7 +209,10 @@ def capture():
     ):
         return newest
     context = TaskContext(sources, app, vars)
-    _newest.ref = weakref.ref(context)
+    if entry is not None:
+        entry[_SNAPSHOT_KEY] = context
+    else:
+        _newest.ref = weakref.ref(context)
     return context
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import absolute_import
 
+import gc
 import os
 import sys
 import threading
+import weakref
 
 import pytest
 from celery import _state
@@ -167,6 +169,53 @@ def test_unbound_task_without_request_stack_is_captured_without_request():
         _state._task_stack.pop()
     assert context.task is task and context.request is None and context.task_id is None
     assert in_thread(context.run, _state.get_current_task) is task
+
+
+def test_consecutive_captures_share_one_snapshot_while_nothing_changes():
+    with running(probe, 'abc'):
+        first = cct.capture()
+        assert cct.capture() is first
+        with running(other, 'inner'):
+            inner = cct.capture()
+            assert (inner.task, inner.task_id) == (other, 'inner')
+        after = cct.capture()
+        assert (after.task, after.request) == (probe, first.request)
+
+
+def _use_every_entry_point():
+    """Capture, run, start, submit and wrap inside a task; return its request, weakly."""
+    request = weakref.ref(probe.request_stack.top)
+    cct.capture().run(observe)
+    thread = cct.TaskThread(target=observe)
+    thread.start()
+    thread.join(10)
+    with cct.TaskThreadPoolExecutor(1) as pool:
+        list(pool.map(lambda _: observe(), range(3)))
+        pool.submit(observe).result(10)
+    cct.submit(observe).result(10)
+    cct.wrap(observe)()
+    return request
+
+
+def test_nothing_keeps_a_request_alive_once_its_task_ended():
+    with running(probe, 'short-lived'):
+        request = _use_every_entry_point()
+        assert request() is not None
+    gc.collect()
+    assert request() is None
+
+
+def test_a_nested_task_s_request_is_released_with_the_outer_task_at_the_latest():
+    with running(other, 'outer'):
+        with running(probe, 'inner'):
+            request = _use_every_entry_point()
+        cct.capture()  # the next capture replaces the snapshot that held it
+        gc.collect()
+        assert request() is None
+        with running(probe, 'inner-2'):
+            request = _use_every_entry_point()
+    gc.collect()
+    assert request() is None
 
 
 @needs_contextvars
