@@ -52,12 +52,6 @@ class IdentDictAccess(object):
         return tuple(entry.get('stack') or ()) if entry else ()
 
     @staticmethod
-    def entry(stack):
-        """This thread's entry, or None: a dict that ``pop()`` deletes with the last item."""
-        local = stack._local
-        return local.__storage__.get(local.__ident_func__())
-
-    @staticmethod
     def push(local, items):
         return push_ident_group(((local.__storage__, list(items)),), local.__ident_func__)
 

@@ -44,10 +44,8 @@ _APP_LOCAL = _state._tls
 # build a snapshot per iteration.  With the default stack flavour the snapshot
 # is kept in the thread's task stack entry, which Celery deletes when the last
 # task is popped: it lives exactly as long as the thread is inside a task.
-_task_entry = (
-    _stacks.IdentDictAccess.entry
-    if _stacks.access_for(_TASK_STACK) is _stacks.IdentDictAccess
-    else None
+_TASK_LOCAL = (
+    _TASK_STACK._local if _stacks.access_for(_TASK_STACK) is _stacks.IdentDictAccess else None
 )
 _SNAPSHOT_KEY = 'celery_ctxthread.snapshot'
 
@@ -174,8 +172,10 @@ def capture():
     Cheap enough to call per job.  Outside any task it returns a shared empty
     snapshot, and running under it is exactly calling the function.
     """
-    if _task_entry is not None:
-        entry = _task_entry(_TASK_STACK)
+    if _TASK_LOCAL is not None:
+        # This thread's entry, a dict that pop() deletes with the last task.
+        # Read here, not through _stacks: every start() under install() runs it.
+        entry = _TASK_LOCAL.__storage__.get(_TASK_LOCAL.__ident_func__())
         tasks = tuple(entry.get('stack') or ()) if entry else ()
     else:
         entry = None

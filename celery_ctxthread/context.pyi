@@ -11,9 +11,7 @@ _R = TypeVar('_R')
 class TaskContext:
     def __init__(
         self,
-        pushes: tuple[tuple[Any, Any, tuple[Any, ...]], ...],
-        task: Task[Any, Any] | None,
-        request: Request | None,
+        sources: tuple[tuple[Any, tuple[Any, ...]], ...],
         app: Celery | None,
         vars: Context | None,
     ) -> None: ...

@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from celery_ctxthread._compat import set_exception
-from celery_ctxthread.context import TaskContext, capture
+from celery_ctxthread.context import _EMPTY, TaskContext, capture
 from celery_ctxthread.threads import TaskThread, _pool_worker_starts
 
 # Saved at import, before install() can replace it: our executor calls it
@@ -40,7 +40,7 @@ def submit_in_context(submit, args, kwargs):
         context, fn = fn.context, fn.fn
     else:
         context = capture()
-        if context.task is None:
+        if context is _EMPTY:
             # Nothing to propagate: a worker thread this submit() starts would
             # capture the same empty context, so the flag below is not needed.
             return submit(*args, **kwargs)
@@ -84,7 +84,7 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
         # than once per job, and right when the stdlib submits lazily
         # (Python 3.14's buffersize) from whichever thread iterates.
         context = capture()
-        if context.task is not None:
+        if context is not _EMPTY:
             fn = _JobInContext(context, fn)
         return ThreadPoolExecutor.map(self, fn, *iterables, **kwargs)
 

@@ -13,7 +13,7 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
     def submit(
         self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> Future[_R]: ...
-    def map(  # type: ignore[override]  # the stdlib's keywords differ by version
+    def map(  # the stdlib's keywords differ by version: passed through as they are
         self, fn: Callable[..., _R], *iterables: Iterable[Any], **kwargs: Any
     ) -> Iterator[_R]: ...
 

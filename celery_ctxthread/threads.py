@@ -77,7 +77,7 @@ def start_in_context(thread, start):
     """
     context = capture()  # first: outside a task nothing else is looked at
     run = thread.run
-    if context.task is None or type(run) is _RunInContext or _pool_worker_starts.active:
+    if context is _EMPTY or type(run) is _RunInContext or _pool_worker_starts.active:
         return start()
     thread.run = _RunInContext(context, run)
     try:
