@@ -704,7 +704,7 @@ def report_memory(data, verdicts):
         ),
         '  tracemalloc growth over %d jobs: %+d bytes'
         % (data['traced_jobs'], data['traced_growth']),
-        '  request object released after its jobs (weakref dead): %s'
+        '  request released once its task ended (weakref dead): %s'
         % ('yes' if data['request_released'] else 'NO: LEAK'),
     ]
     mark = '< %.0f MB %s' % (TARGETS['rss_mb'], 'PASS' if growth_mb < TARGETS['rss_mb'] else 'MISS')
