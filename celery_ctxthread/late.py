@@ -1,9 +1,11 @@
 """Keep a thread that outlives its task from rewriting the task's final state.
 
-A propagated thread shares its task's request.  When the task ends (Celery's
-``task_postrun``, sent after the final state is stored) that request is marked
-finished, and ``Task.update_state`` for it, from any thread, then stores
-nothing and logs one warning per thread naming the task and the thread::
+A propagated thread shares its task's request.  When the task ends, that
+request is marked finished: just before the backend stores the final state
+(``mark_as_done``, ``mark_as_failure``, ``mark_as_revoked``, which Celery's
+tracer calls with the request), and again on ``task_postrun`` for a task whose
+state is not stored.  ``Task.update_state`` for it, from any thread, then
+stores nothing and logs one warning per thread naming the task and the thread::
 
     celery_ctxthread.late: task 3f2a9c1e-... ended; ignored update_state('PROGRESS')
     from thread 'Thread-7' that outlived it
@@ -14,8 +16,8 @@ and an rpc client may see PROGRESS after the final state.
 
 The guard is set up by the first capture inside a task, so processes that
 never propagate are untouched.  What it cannot stop: a direct
-``backend.store_result(...)``, and an update already under way when the task
-stores its final state.
+``backend.store_result(...)``, and an update that is already past the check
+when the task stores its final state.
 """
 
 import functools
@@ -24,6 +26,7 @@ import threading
 import weakref
 
 from celery.app.task import Task
+from celery.backends.base import BaseBackend
 from celery.signals import task_postrun
 
 logger = logging.getLogger(__name__)
@@ -36,11 +39,33 @@ _lock = threading.Lock()
 _finished = weakref.WeakKeyDictionary()
 
 
-def _mark_finished(sender=None, task=None, **kwargs):
-    request = getattr(task or sender, 'request', None)
+# The backend methods through which a task's final state is stored, and the
+# position of their ``request`` argument (the task id is 0), Celery 4.3 to 5.7.
+_FINAL_STORES = (('mark_as_done', 2), ('mark_as_failure', 3), ('mark_as_revoked', 2))
+
+
+def _mark(request):
     if request is not None:
         with _lock:
             _finished.setdefault(request, set())
+
+
+def _mark_finished(sender=None, task=None, **kwargs):
+    _mark(getattr(task or sender, 'request', None))
+
+
+def _marking(store, position):
+    @functools.wraps(store)
+    def mark_then_store(self, *args, **kwargs):
+        request = kwargs.get('request', args[position] if len(args) > position else None)
+        # Before the store: a client that sees the final state must not see
+        # a straggler's update after it.
+        if getattr(request, 'id', None) == (args[0] if args else kwargs.get('task_id')):
+            _mark(request)
+        return store(self, *args, **kwargs)
+
+    setattr(mark_then_store, _ORIGINAL_ATTRIBUTE, store)
+    return mark_then_store
 
 
 def _guarded(update_state):
@@ -79,4 +104,9 @@ def ensure_guard():
         if hasattr(current, _ORIGINAL_ATTRIBUTE):
             return
         task_postrun.connect(_mark_finished, weak=False, dispatch_uid=__name__)
+        for name, position in _FINAL_STORES:
+            # Patched where it is defined (celery.backends.base.Backend), so
+            # that every backend class inherits the patch.
+            owner = next(klass for klass in BaseBackend.__mro__ if name in klass.__dict__)
+            setattr(owner, name, _marking(owner.__dict__[name], position))
         Task.update_state = _guarded(current)

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from celery import Celery
+from celery.signals import task_success
 
 import celery_ctxthread as cct
 from celery_ctxthread import worker
@@ -45,6 +46,27 @@ def test_an_update_after_the_task_ended_is_ignored_with_one_warning(caplog):
     warnings = [r.getMessage() for r in caplog.records if r.name == 'celery_ctxthread.late']
     assert len(warnings) == 1
     assert task_id in warnings[0] and "'straggler'" in warnings[0]
+
+
+def test_an_update_between_the_final_store_and_postrun_is_ignored_too():
+    """The tracer stores the final state, then sends task_success, then task_postrun.
+
+    A client can see the final state before task_postrun, so the straggler
+    here updates in that window, held there by a task_success receiver.
+    """
+
+    def in_the_window(sender=None, **kwargs):
+        if getattr(sender, 'name', None) == 'cct_late.outlived':
+            gates['after'].set()
+            assert gates['done'].wait(10)
+
+    task_success.connect(in_the_window, weak=False)
+    try:
+        task_id = outlived.apply().get()
+    finally:
+        task_success.disconnect(in_the_window)
+    assert gates['done'].is_set()
+    assert app.backend.get_task_meta(task_id)['result'] == {'step': 1}
 
 
 def test_an_explicit_other_task_id_still_goes_through():
