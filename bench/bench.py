@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -772,20 +773,13 @@ def main(argv=None):
         run(int(ops))
         return 0
     if args.instructions:
-        if not _on_path('valgrind'):
+        if not shutil.which('valgrind'):
             parser.error('--instructions needs valgrind on PATH')
         started = time.time()
         print(report_instructions())
         print('\n%.0f s' % (time.time() - started))
         return 0
     return parent(args.quick)
-
-
-def _on_path(program):
-    return any(
-        os.access(os.path.join(folder, program), os.X_OK)
-        for folder in os.environ.get('PATH', '').split(os.pathsep)
-    )
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The few names that differ between Python 2.7 and 3.x."""
+"""The few names that differ between Python 2.7 and 3.x, and one lookup both patchers share."""
 
 import threading
 
@@ -17,3 +17,15 @@ def set_exception(future, exc, traceback):
         future.set_exception_info(exc, traceback)
     else:
         future.set_exception(exc)
+
+
+def defining_class(cls, name):
+    """The class in ``cls``'s MRO that defines ``name``: the one to patch.
+
+    Patching there covers every subclass that inherits it, such as gevent's
+    monkey-patched ``threading.Thread`` or each result backend.
+    """
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass
+    raise AttributeError('%s has no %s to patch' % (cls.__name__, name))

@@ -41,12 +41,7 @@ class IdentDictAccess(object):
         return stack._local
 
     @staticmethod
-    def read(local):
-        entry = local.__storage__.get(local.__ident_func__())
-        return tuple(entry.get('stack') or ()) if entry else ()
-
-    @staticmethod
-    def read_stack(stack):  # read(target(stack)) in one call: capture() runs it per stack
+    def read(stack):
         local = stack._local
         entry = local.__storage__.get(local.__ident_func__())
         return tuple(entry.get('stack') or ()) if entry else ()
@@ -104,8 +99,6 @@ class ThreadLocalListAccess(object):
     def read(stack):
         return tuple(stack.stack)
 
-    read_stack = read
-
     @staticmethod
     def push(stack, items):
         live = stack.stack
@@ -154,7 +147,7 @@ def access_for(stack):
 
 def read(stack):
     """The current thread's items on ``stack``, bottom first, as a tuple."""
-    return _ACCESS_BY_TYPE.get(type(stack), PublicApiAccess).read_stack(stack)
+    return _ACCESS_BY_TYPE.get(type(stack), PublicApiAccess).read(stack)
 
 
 def plan(pairs):

@@ -35,7 +35,7 @@ from celery_ctxthread._compat import copy_context
 from celery_ctxthread.late import ensure_guard
 
 _TASK_STACK = _state._task_stack
-_read_tasks = _stacks.access_for(_TASK_STACK).read_stack
+_read_tasks = _stacks.access_for(_TASK_STACK).read
 _APP_LOCAL = _state._tls
 
 # Consecutive captures of the same context share this thread's newest snapshot:

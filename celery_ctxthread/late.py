@@ -29,6 +29,8 @@ from celery.app.task import Task
 from celery.backends.base import BaseBackend
 from celery.signals import task_postrun
 
+from celery_ctxthread._compat import defining_class
+
 logger = logging.getLogger(__name__)
 
 _ORIGINAL_ATTRIBUTE = '__celery_ctxthread_original__'
@@ -105,8 +107,6 @@ def ensure_guard():
             return
         task_postrun.connect(_mark_finished, weak=False, dispatch_uid=__name__)
         for name, position in _FINAL_STORES:
-            # Patched where it is defined (celery.backends.base.Backend), so
-            # that every backend class inherits the patch.
-            owner = next(klass for klass in BaseBackend.__mro__ if name in klass.__dict__)
+            owner = defining_class(BaseBackend, name)  # celery.backends.base.Backend
             setattr(owner, name, _marking(owner.__dict__[name], position))
         Task.update_state = _guarded(current)

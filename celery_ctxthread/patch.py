@@ -19,6 +19,7 @@ import functools
 import logging
 import threading
 
+from celery_ctxthread._compat import defining_class
 from celery_ctxthread.futures import submit_in_context
 from celery_ctxthread.threads import start_in_context
 
@@ -52,26 +53,15 @@ _TARGETS = (
 )
 
 
-def _defining_class(module, class_name, name):
-    """The class that defines ``name``, found now, not at import.
-
-    gevent's monkey-patching replaces ``threading.Thread`` with a subclass
-    that inherits ``start``: patching the class that defines it covers both.
-    """
-    owner = getattr(module, class_name)
-    for klass in owner.__mro__:
-        if name in klass.__dict__:
-            return klass
-    raise AttributeError('%s has no %s to patch' % (owner.__name__, name))
-
-
 def install():
     """Make plain threads and thread pools started inside tasks propagate."""
     with _lock:
         if _originals:
             return
         for module, class_name, name, make_patch in _TARGETS:
-            owner = _defining_class(module, class_name, name)
+            # Looked up now, not at import: gevent swaps threading.Thread
+            # for a subclass that inherits start().
+            owner = defining_class(getattr(module, class_name), name)
             original = owner.__dict__[name]
             patched = make_patch(original)
             setattr(patched, _ORIGINAL_ATTRIBUTE, original)

@@ -50,6 +50,17 @@ def running(task, task_id='task-1', app_current=True):
         _state._tls.current_app = previous_app
 
 
+def captured_on_top(task):
+    """Push ``task`` alone (no request) onto the task stack, capture, pop it."""
+    import celery_ctxthread as cct
+
+    _state._task_stack.push(task)
+    try:
+        return cct.capture()
+    finally:
+        _state._task_stack.pop()
+
+
 def observe():
     """What a thread sees of Celery's context, as a plain dict."""
     task = _state.get_current_task()

@@ -15,6 +15,7 @@ import celery_ctxthread as cct
 from celery_ctxthread import _stacks
 from tests.tasks_inprocess import (
     app,
+    captured_on_top,
     in_thread,
     observe,
     other,
@@ -162,11 +163,7 @@ def test_unbound_task_without_request_stack_is_captured_without_request():
         request_stack = None
 
     task = Unbound()
-    _state._task_stack.push(task)
-    try:
-        context = cct.capture()
-    finally:
-        _state._task_stack.pop()
+    context = captured_on_top(task)
     assert context.task is task and context.request is None and context.task_id is None
     assert in_thread(context.run, _state.get_current_task) is task
 
@@ -296,11 +293,7 @@ def test_a_push_that_fails_half_way_is_undone():
 
     task = HalfBound()
     task.request_stack.stack.append('its request')  # captured, so pushed in run()
-    _state._task_stack.push(task)
-    try:
-        context = cct.capture()
-    finally:
-        _state._task_stack.pop()
+    context = captured_on_top(task)
 
     def check():
         before = thread_state()

@@ -15,7 +15,15 @@ from celery import Task, _state
 
 import celery_ctxthread as cct
 from celery_ctxthread._compat import TimerBase
-from tests.tasks_inprocess import app, in_thread, observe, probe, running, thread_state
+from tests.tasks_inprocess import (
+    app,
+    captured_on_top,
+    in_thread,
+    observe,
+    probe,
+    running,
+    thread_state,
+)
 
 WAIT = 10
 
@@ -267,11 +275,7 @@ class UnboundTask(Task):
 def test_an_unbound_task_class_on_the_stack_is_captured_without_request():
     assert UnboundTask.request_stack is None
     with running(probe, 'below'):
-        _state._task_stack.push(UnboundTask)
-        try:
-            context = cct.capture()
-        finally:
-            _state._task_stack.pop()
+        context = captured_on_top(UnboundTask)
     assert context.task is UnboundTask and context.request is None and context.task_id is None
     assert 'cct_misuse.unbound[None]' in repr(context)
 
@@ -290,11 +294,7 @@ def test_an_unbound_task_class_on_the_stack_is_captured_without_request():
 
 def test_an_object_with_no_request_stack_attribute_on_the_stack():
     stranger = object()
-    _state._task_stack.push(stranger)
-    try:
-        context = cct.capture()
-    finally:
-        _state._task_stack.pop()
+    context = captured_on_top(stranger)
     assert context.task is stranger and context.request is None
     assert in_thread(context.run, _state.get_current_task) is stranger
 
