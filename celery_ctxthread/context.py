@@ -27,23 +27,24 @@ the function, like the stdlib does.
 import functools
 import threading
 import weakref
+from operator import is_
 
 from celery import _state
 
-from celery_ctxthread import _stacks
+from celery_ctxthread import _stacks, late
 from celery_ctxthread._compat import copy_context
-from celery_ctxthread.late import ensure_guard
 
 _TASK_STACK = _state._task_stack
 _read_tasks = _stacks.access_for(_TASK_STACK).read
 _APP_LOCAL = _state._tls
 
-# Consecutive captures of the same context share this thread's newest snapshot:
-# jobs waiting in a queue keep one object alive, not one each, for the garbage
-# collector to walk, and a loop of start()s or submit().result()s does not
-# build a snapshot per iteration.  With the default stack flavour the snapshot
-# is kept in the thread's task stack entry, which Celery deletes when the last
-# task is popped: it lives exactly as long as the thread is inside a task.
+# Consecutive captures of the same tasks, requests and app share this thread's
+# newest Celery snapshot: a loop of start()s or submit().result()s does not
+# plan the stack pushes per iteration, and queued jobs keep one object alive,
+# not one each, for the garbage collector to walk.  With the default stack
+# flavour it is kept in the thread's task stack entry, which Celery deletes
+# when the last task is popped: it lives exactly as long as the thread is
+# inside a task.
 _TASK_LOCAL = (
     _TASK_STACK._local if _stacks.access_for(_TASK_STACK) is _stacks.IdentDictAccess else None
 )
@@ -59,6 +60,44 @@ class _NewestSnapshot(threading.local):
 _newest = _NewestSnapshot()
 
 
+class _CelerySnapshot(object):
+    """The Celery half of a snapshot: the stacks' items, the step that pushes them, the app.
+
+    ``key`` is ``(app, *tasks, *top request of each task)``: two captures
+    share a snapshot only when every item is the *same object* (compared with
+    ``is``: no ``__eq__`` of anyone's is called).
+    """
+
+    __slots__ = ('__weakref__', 'app', 'key', 'request', 'step', 'task')
+
+    def __init__(self, key, tasks):
+        self.key = key
+        self.app = key[0]
+        self.task = tasks[-1] if tasks else None
+        self.request = key[-1] if tasks else None
+        # Planned once here, not per run.
+        self.step = _stacks.plan(_sources_of(tasks)) if tasks else None
+
+
+def _sources_of(tasks):
+    """The task stack, then each task's request stack once, with its top request."""
+    sources = [(_TASK_STACK, tasks)]
+    seen = []  # ids: a task may be on the stack twice
+    for task in tasks:
+        stack = getattr(task, 'request_stack', None)  # None on an unbound task class
+        if stack is not None and id(stack) not in seen:
+            seen.append(id(stack))
+            # Only the top request: a task without one still gets a restore point.
+            sources.append((stack, _stacks.read(stack)[-1:]))
+    return sources
+
+
+def _top_request(task):
+    stack = getattr(task, 'request_stack', None)
+    top = _stacks.read(stack)[-1:] if stack is not None else ()
+    return top[0] if top else None
+
+
 class TaskContext(object):
     """An immutable snapshot of a thread's task context; see :func:`capture`.
 
@@ -67,33 +106,26 @@ class TaskContext(object):
     captures it again).
     """
 
-    __slots__ = ('__weakref__', '_app', '_request', '_sources', '_step', '_task', '_vars')
+    __slots__ = ('_celery', '_vars')
 
-    def __init__(self, sources, app, vars):
-        # sources: ((stack, items), ...), the task stack first, then the
-        # request stack of each task with its top request (or nothing).  The
-        # step that pushes them is planned once here, not per run.
-        self._sources = sources
-        self._step = _stacks.plan(sources)
-        self._task = sources[0][1][-1] if sources else None
-        self._request = _top_request(sources, self._task)
-        self._app = app
+    def __init__(self, celery, vars):
+        self._celery = celery
         self._vars = vars
 
     @property
     def task(self):
         """The task on top of the captured stack, or None outside a task."""
-        return self._task
+        return self._celery.task
 
     @property
     def request(self):
         """That task's request (shared with the task), or None."""
-        return self._request
+        return self._celery.request
 
     @property
     def task_id(self):
         """That request's task id, or None: handy for log lines."""
-        return getattr(self._request, 'id', None)
+        return getattr(self._celery.request, 'id', None)
 
     def run(self, fn, *args, **kwargs):
         """Call ``fn(*args, **kwargs)`` in this context on the current thread.
@@ -103,67 +135,58 @@ class TaskContext(object):
         """
         return self.call(fn, args, kwargs)
 
-    def call(self, fn, args, kwargs):
+    def call(self, fn, args, kwargs, keep_outer=False):
         """:meth:`run` with the arguments as a tuple and a dict.
 
         Entry points use it so that a keyword argument named ``fn`` reaches
-        the target instead of clashing with ours.
+        the target instead of clashing with ours.  ``keep_outer``: the
+        contextvars that wrappers around this call have set (Sentry's forked
+        scopes around a thread's run) stay set on top of the snapshot's, as if
+        the thread had started in a copy of the snapshot's context.
         """
-        step = self._step
+        celery = self._celery
+        step = celery.step
         if step is None:
             return fn(*args, **kwargs)
         push, restore, target, items = step
         # Saved even when the snapshot has no app: the target may make one
         # current, and a pool thread must not keep it for its next job.
         previous_app = _APP_LOCAL.current_app
-        if self._app is not None:
-            _APP_LOCAL.current_app = self._app
+        if celery.app is not None:
+            _APP_LOCAL.current_app = celery.app
         token = None
         try:  # pushed inside the try: the app is put back if the push fails
             token = push(target, items)
-            if self._vars is None:
+            vars = self._vars
+            if vars is None:
                 return fn(*args, **kwargs)
-            return self._vars.copy().run(fn, *args, **kwargs)
+            if keep_outer:
+                outer = copy_context()
+                if outer:
+                    return vars.copy().run(_set_then_call, outer, fn, args, kwargs)
+            return vars.copy().run(fn, *args, **kwargs)
         finally:
             if token is not None:
                 restore(target, token)
             _APP_LOCAL.current_app = previous_app
+            # A failed job's traceback keeps this frame (the stdlib's executor
+            # keeps it with the future): let it keep nothing of the task.
+            self = celery = step = target = items = token = fn = args = kwargs = None
 
     def __repr__(self):
-        if self._task is None:
+        if self._celery.task is None:
             return '<TaskContext empty>'
-        return '<TaskContext %s[%s]>' % (getattr(self._task, 'name', self._task), self.task_id)
+        task = self._celery.task
+        return '<TaskContext %s[%s]>' % (getattr(task, 'name', task), self.task_id)
 
 
-def _top_request(sources, task):
-    stack = getattr(task, 'request_stack', None)
-    for source, items in sources[1:]:
-        if source is stack:
-            return items[-1] if items else None
-    return None
+def _set_then_call(outer, fn, args, kwargs):
+    for var, value in outer.items():
+        var.set(value)
+    return fn(*args, **kwargs)
 
 
-_EMPTY = TaskContext((), None, None)
-_guard_ready = False
-
-
-def _set_guard_up():
-    global _guard_ready
-    ensure_guard()
-    _guard_ready = True
-
-
-def _sources_of(tasks):
-    """The task stack, then each task's request stack once, with its top request."""
-    sources = [(_TASK_STACK, tasks)]
-    seen = []  # ids: a task may be on the stack twice
-    for task in tasks:
-        stack = getattr(task, 'request_stack', None)
-        if stack is not None and id(stack) not in seen:
-            seen.append(id(stack))
-            # Only the top request: a task without one still gets a restore point.
-            sources.append((stack, _stacks.read(stack)[-1:]))
-    return tuple(sources)
+_EMPTY = TaskContext(_CelerySnapshot((None,), ()), None)
 
 
 def capture():
@@ -182,38 +205,30 @@ def capture():
         tasks = _read_tasks(_TASK_STACK)
     if not tasks:
         return _EMPTY
-    if not _guard_ready:
-        _set_guard_up()
-    if len(tasks) == 1:  # the usual case, read without the loop below
-        stack = getattr(tasks[0], 'request_stack', None)  # None on an unbound task class
-        if stack is None:
-            sources = ((_TASK_STACK, tasks),)
-        else:
-            sources = ((_TASK_STACK, tasks), (stack, _stacks.read(stack)[-1:]))
-    else:
-        sources = _sources_of(tasks)
     app = _APP_LOCAL.current_app
-    vars = copy_context() if copy_context is not None else None
+    if len(tasks) == 1:  # the usual case, without the generator below
+        key = (app, tasks[0], _top_request(tasks[0]))
+    else:
+        key = (app,) + tasks + tuple(_top_request(task) for task in tasks)
     if entry is not None:
         newest = entry.get(_SNAPSHOT_KEY)
     else:
         newest = _newest.ref
         newest = newest() if newest is not None else None
-    # Stacks, tasks and requests compare by identity; contexts by content
-    # (O(1) when unchanged).
-    if (
-        newest is not None
-        and newest._sources == sources
-        and newest._app is app
-        and newest._vars == vars
-    ):
-        return newest
-    context = TaskContext(sources, app, vars)
-    if entry is not None:
-        entry[_SNAPSHOT_KEY] = context
-    else:
-        _newest.ref = weakref.ref(context)
-    return context
+    if newest is None or len(newest.key) != len(key) or not all(map(is_, newest.key, key)):
+        newest = _new_snapshot(key, tasks)
+        if entry is not None:
+            entry[_SNAPSHOT_KEY] = newest
+        else:
+            _newest.ref = weakref.ref(newest)
+    return TaskContext(newest, copy_context() if copy_context is not None else None)
+
+
+def _new_snapshot(key, tasks):
+    late.set_up()
+    for request in key[1 + len(tasks) :]:
+        late.watch(request)
+    return _CelerySnapshot(key, tasks)
 
 
 def wrap(fn):

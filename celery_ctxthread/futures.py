@@ -16,26 +16,44 @@ worker threads carry none between jobs.
 """
 
 import sys
+from types import MethodType
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from celery_ctxthread._compat import set_exception
 from celery_ctxthread.context import _EMPTY, TaskContext, capture
-from celery_ctxthread.threads import TaskThread, _pool_worker_starts
+from celery_ctxthread.threads import TaskThread, inside_pool
 
-# Saved at import, before install() can replace it: our executor calls it
-# directly so that a job is never wrapped twice.
-_stdlib_submit = ThreadPoolExecutor.submit
+
+def _unwrapped(function):
+    while hasattr(function, '__wrapped__'):  # through Sentry's, OpenTelemetry's, ours
+        function = function.__wrapped__
+    return function
+
+
+# The stdlib's own submit, even when someone patched it before we were imported.
+_STDLIB_SUBMIT = _unwrapped(ThreadPoolExecutor.__dict__['submit'])
+
+
+def _wrapped_by_others(submit):
+    """Whether anyone but us wraps ``submit`` (bound): their job wrappers run around ours."""
+    if type(submit) is not MethodType:
+        return True
+    function = submit.__func__
+    while getattr(function, 'passes_nested_jobs_through', False):  # install()'s
+        function = function.__wrapped__
+    return function is not _STDLIB_SUBMIT
 
 
 def submit_in_context(submit, args, kwargs):
-    """Call ``submit(executor, fn, *rest, **kwargs)``, ``fn`` wrapped in the caller's context.
+    """Call ``submit(fn, *rest, **kwargs)`` with ``fn`` wrapped in the caller's context.
 
-    ``args`` is ``(executor, fn, *rest)``: ``fn`` is positional-only, as in
-    the stdlib, so a job may take a keyword argument named ``fn``.
+    ``submit`` is bound to the executor, ``args`` is ``(fn, *rest)``: ``fn``
+    is positional-only, as in the stdlib, so a job may take a keyword argument
+    named ``fn``.
     """
-    if len(args) < 2:
-        return submit(*args, **kwargs)  # the stdlib raises its own TypeError
-    fn = args[1]
+    if not args or inside_pool.active:  # no job (the stdlib raises), or already wrapped
+        return submit(*args, **kwargs)
+    fn = args[0]
     if type(fn) is _JobInContext:  # from our map(): captured once for all its jobs
         context, fn = fn.context, fn.fn
     else:
@@ -44,17 +62,19 @@ def submit_in_context(submit, args, kwargs):
             # Nothing to propagate: a worker thread this submit() starts would
             # capture the same empty context, so the flag below is not needed.
             return submit(*args, **kwargs)
-    was_active = _pool_worker_starts.active
-    _pool_worker_starts.active = True
+    # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our job:
+    # what they set for it stays set on top of the snapshot.
+    keep_outer = _wrapped_by_others(submit)
+    inside_pool.active = True
     try:
         # The plain function, not a bound method: one object less per queued job.
-        return submit(args[0], TaskContext.call, context, fn, args[2:], kwargs)
+        return submit(TaskContext.call, context, fn, args[1:], kwargs, keep_outer)
     finally:
-        _pool_worker_starts.active = was_active
+        inside_pool.active = False
 
 
 class _JobInContext(object):
-    """``fn`` bound to a context captured once by ``map()``; ``submit`` unpacks it."""
+    """``fn`` bound to a context captured once; the executors' ``submit`` unpacks it."""
 
     __slots__ = ('context', 'fn')
 
@@ -62,8 +82,11 @@ class _JobInContext(object):
         self.context = context
         self.fn = fn
 
-    def __call__(self, *args, **kwargs):  # reached only if a subclass calls it directly
-        return self.context.call(self.fn, args, kwargs)
+    def __call__(self, *args, **kwargs):  # a pool's job, or a subclass calling it
+        try:
+            return self.context.call(self.fn, args, kwargs)
+        finally:
+            self = None  # a failed job's traceback keeps this frame
 
 
 class TaskThreadPoolExecutor(ThreadPoolExecutor):
@@ -71,11 +94,16 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
 
     Only the public ``submit`` and ``map`` are overridden (``map`` still goes
     through ``submit``): Python 3.14 removed the private internals that
-    subclasses used to touch.
+    subclasses used to touch.  ``submit`` calls whatever
+    ``ThreadPoolExecutor.submit`` is when it runs, so wrappers that Sentry or
+    OpenTelemetry put there apply to our jobs too.
     """
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
-        return submit_in_context(_stdlib_submit, args, kwargs)
+        if not args:
+            raise TypeError('submit() needs the executor as its first argument')
+        submit = super(TaskThreadPoolExecutor, args[0]).submit
+        return submit_in_context(submit, args[1:], kwargs)
 
     submit.__doc__ = ThreadPoolExecutor.submit.__doc__
 

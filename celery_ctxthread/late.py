@@ -1,23 +1,32 @@
-"""Keep a thread that outlives its task from rewriting the task's final state.
+"""Keep a thread that outlives its task from overwriting the task's final state.
 
-A propagated thread shares its task's request.  When the task ends, that
-request is marked finished: just before the backend stores the final state
-(``mark_as_done``, ``mark_as_failure``, ``mark_as_revoked``, which Celery's
-tracer calls with the request), and again on ``task_postrun`` for a task whose
-state is not stored.  ``Task.update_state`` for it, from any thread, then
-stores nothing and logs one warning per thread naming the task and the thread::
+The rule, exactly: once the final state of a task whose context was captured
+has been stored, ``update_state`` for that task from *any thread other than
+the task's own* stores nothing and logs one warning per thread::
 
     celery_ctxthread.late: task 3f2a9c1e-... ended; ignored update_state('PROGRESS')
     from thread 'Thread-7' that outlived it
 
-Without this, Redis and the database backend let a straggler turn a stored
-FAILURE or REVOKED back into PROGRESS (they refuse writes only after SUCCESS),
-and an rpc client may see PROGRESS after the final state.
+Nothing else is held back: the task's own thread (``on_success``,
+``on_failure``, ``after_return``, ``task_success``/``task_failure``
+receivers, all of which Celery runs after the store) updates as always; a
+task whose context was never captured is never looked at; and where no final
+state is stored (``raise Ignore()``, ``ignore_result``, eager mode) nothing
+is dropped.
 
-The guard is set up by the first capture inside a task, so processes that
-never propagate are untouched.  What it cannot stop: a direct
-``backend.store_result(...)``, and an update that is already past the check
-when the task stores its final state.
+"Stored" is decided where Celery's tracer stores it: the backend's
+``mark_as_done``, ``mark_as_failure`` and ``mark_as_revoked``, called with the
+task's request.  The request is marked just *before* the store, so a client
+that sees the final state never sees a straggler's update after it.  Without
+the guard, Redis and the database backend let a straggler turn a stored
+FAILURE or REVOKED back into PROGRESS, and an rpc client may see PROGRESS
+after SUCCESS.
+
+The same bookkeeping refuses ``self.retry()`` from a propagated thread: Celery
+would publish the retry and the task would carry on, so it would run twice.
+
+What it cannot stop: a direct ``backend.store_result(...)``, and an update
+already past the check when the task stores its final state.
 """
 
 import functools
@@ -27,69 +36,126 @@ import weakref
 
 from celery.app.task import Task
 from celery.backends.base import BaseBackend
-from celery.signals import task_postrun
 
-from celery_ctxthread._compat import defining_class
+from celery_ctxthread import _patching
 
 logger = logging.getLogger(__name__)
 
-_ORIGINAL_ATTRIBUTE = '__celery_ctxthread_original__'
+# Captured requests -> their _Watch.  Kept off the request itself: Celery 5.5+
+# copies a request's __dict__ into nested requests and their message headers.
+_watched = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-# Finished requests -> the idents of the threads already warned.  Kept off the
-# request itself: Celery 5.5+ copies a request's __dict__ into nested requests
-# and their message headers.
-_finished = weakref.WeakKeyDictionary()
+_guard_set_up = []
 
 
-# The backend methods through which a task's final state is stored, and the
-# position of their ``request`` argument (the task id is 0), Celery 4.3 to 5.7.
-_FINAL_STORES = (('mark_as_done', 2), ('mark_as_failure', 3), ('mark_as_revoked', 2))
+class _Watch(object):
+    """What the guard knows of one captured request."""
+
+    __slots__ = ('owner', 'finished', 'warned')
+
+    def __init__(self, owner):
+        self.owner = weakref.ref(owner)  # the task's own thread: the first to capture it
+        self.finished = False
+        self.warned = set()  # idents of the threads already warned
+
+    def from_elsewhere(self):
+        return self.owner() is not threading.current_thread()
 
 
-def _mark(request):
-    if request is not None:
+def watch(request):
+    """Note that ``request``'s context was captured in the current thread."""
+    if request is not None and _watch_of(request) is None:
         with _lock:
-            _finished.setdefault(request, set())
+            try:
+                _watched.setdefault(request, _Watch(threading.current_thread()))
+            except TypeError:  # not weakly referable: such a request cannot be guarded
+                pass
 
 
-def _mark_finished(sender=None, task=None, **kwargs):
-    _mark(getattr(task or sender, 'request', None))
+def _watch_of(request):
+    try:
+        return _watched.get(request)
+    except TypeError:  # not weakly referable (Celery's worker-side Request): never captured
+        return None
 
 
-def _marking(store, position):
+def set_up():
+    """Put the guard in place, once per process; idempotent and thread-safe."""
+    if _guard_set_up:
+        return
+    with _patching.lock:
+        if _guard_set_up:
+            return
+        for name in ('mark_as_done', 'mark_as_failure', 'mark_as_revoked'):
+            # Defined on celery.backends.base.Backend and inherited by every backend.
+            owner = _patching.defining_class(BaseBackend, name)
+            _patching.MethodPatch(owner, name, _marking_finished).apply()
+        _patching.MethodPatch(Task, 'update_state', _guarded_update_state).apply()
+        _patching.MethodPatch(Task, 'retry', _refusing_retry_elsewhere).apply()
+        _guard_set_up.append(True)
+
+
+def _marking_finished(store):
+    # Positions read from the signature, Celery 4.3 to 5.7 alike.
+    request_at = _patching.argument_position(store, 'request')
+    store_at = _patching.argument_position(store, 'store_result')
+    checks_ignore_result = store.__name__ == 'mark_as_done'
+
     @functools.wraps(store)
-    def mark_then_store(self, *args, **kwargs):
-        request = kwargs.get('request', args[position] if len(args) > position else None)
-        # Before the store: a client that sees the final state must not see
-        # a straggler's update after it.
-        if getattr(request, 'id', None) == (args[0] if args else kwargs.get('task_id')):
-            _mark(request)
-        return store(self, *args, **kwargs)
+    def mark_then_store(self, task_id, *args, **kwargs):
+        request = kwargs.get('request', args[request_at - 1] if len(args) >= request_at else None)
+        stored = kwargs.get('store_result', args[store_at - 1] if len(args) >= store_at else True)
+        if checks_ignore_result and getattr(request, 'ignore_result', False):
+            stored = False  # mark_as_done then stores nothing (Celery 5)
+        watched = _watch_of(request) if request is not None else None
+        if watched is not None and stored and getattr(request, 'id', None) == task_id:
+            watched.finished = True
+        return store(self, task_id, *args, **kwargs)
 
-    setattr(mark_then_store, _ORIGINAL_ATTRIBUTE, store)
     return mark_then_store
 
 
-def _guarded(update_state):
+def _guarded_update_state(update_state):
     @functools.wraps(update_state)
     def guarded_update_state(self, task_id=None, state=None, meta=None, **kwargs):
         request = self.request
-        if request in _finished and task_id in (None, request.id):
-            _warn_once(request, state)
+        watched = _watch_of(request)
+        if (
+            watched is not None
+            and watched.finished
+            and (task_id is None or task_id == request.id)
+            and watched.from_elsewhere()
+        ):
+            _warn_once(watched, request, state)
             return None
         return update_state(self, task_id, state, meta, **kwargs)
 
-    setattr(guarded_update_state, _ORIGINAL_ATTRIBUTE, update_state)
     return guarded_update_state
 
 
-def _warn_once(request, state):
+def _refusing_retry_elsewhere(retry):
+    @functools.wraps(retry)
+    def retry_in_own_thread(self, *args, **kwargs):
+        watched = _watch_of(self.request)
+        if watched is not None and watched.from_elsewhere():
+            raise RuntimeError(
+                'celery_ctxthread: %s.retry() was called from thread %r, not from the '
+                "task's own thread. Celery would publish the retry while the task carries "
+                'on, so the task would run twice. Let the error reach the task '
+                '(future.result(), or join the thread and check) and call self.retry() '
+                'there.' % (self.name, threading.current_thread().name)
+            )
+        return retry(self, *args, **kwargs)
+
+    return retry_in_own_thread
+
+
+def _warn_once(watched, request, state):
     thread = threading.current_thread()
     with _lock:
-        warned = _finished.get(request)
-        if warned is None or thread.ident in warned:
+        if thread.ident in watched.warned:
             return
-        warned.add(thread.ident)
+        watched.warned.add(thread.ident)
     logger.warning(
         'celery_ctxthread.late: task %s ended; ignored update_state(%r) '
         'from thread %r that outlived it',
@@ -97,16 +163,3 @@ def _warn_once(request, state):
         state,
         thread.name,
     )
-
-
-def ensure_guard():
-    """Set the guard up once per process; idempotent and thread-safe."""
-    with _lock:
-        current = Task.__dict__['update_state']
-        if hasattr(current, _ORIGINAL_ATTRIBUTE):
-            return
-        task_postrun.connect(_mark_finished, weak=False, dispatch_uid=__name__)
-        for name, position in _FINAL_STORES:
-            owner = defining_class(BaseBackend, name)  # celery.backends.base.Backend
-            setattr(owner, name, _marking(owner.__dict__[name], position))
-        Task.update_state = _guarded(current)

@@ -2,90 +2,168 @@
 
 ::
 
-    cct.install()      # Thread/Timer.start() and ThreadPoolExecutor.submit() propagate
+    cct.install()      # Thread/Timer.start(), ThreadPoolExecutor.submit() and
+                       # ThreadPool jobs propagate
     cct.installed()    # -> True
-    cct.uninstall()    # the stdlib's own methods are back
+    cct.uninstall()    # the stdlib's behaviour is back
 
-Both calls are idempotent and thread-safe.  Only two methods change:
-``threading.Thread.start`` (subclasses and ``Timer`` inherit it, and those
-that override ``run()`` are covered because the thread's bound ``run`` is
-wrapped at start) and ``ThreadPoolExecutor.submit`` (each job is wrapped; the
-executor's own worker threads are never given a context).  A thread can be
-left out with :func:`celery_ctxthread.opt_out`.
+Both calls are idempotent and thread-safe, and work whether Sentry's or
+OpenTelemetry's threading patches came before or come after.  What changes:
+
+- ``threading.Thread.start`` (and ``Timer.start`` where someone gave ``Timer``
+  a start of its own): the thread's bound ``run`` is wrapped at start, so
+  subclasses that override ``run()`` are covered.  Leave one thread out with
+  :func:`celery_ctxthread.opt_out`.
+- ``ThreadPoolExecutor.submit`` and the job methods of
+  ``multiprocessing.pool.ThreadPool`` (``apply_async``, ``map``, ``imap``...):
+  each job is wrapped, so a pool shared by many tasks gives every job its own
+  submitter's context.
+- The threads the stdlib's pools start for themselves (executor and
+  ``ThreadPool`` workers and handlers, a process pool's manager thread, a
+  ``multiprocessing.Queue``'s feeder) never carry a context: they outlive the
+  task that happened to start them.
+
+``uninstall()`` restores each method, except where someone wrapped ours since
+(taking ours out would take theirs out too): ours then stays under theirs and
+passes everything straight through, exactly like the original.
 """
 
 import concurrent.futures
 import functools
 import logging
+import multiprocessing.pool
+import multiprocessing.queues
 import threading
 
-from celery_ctxthread._compat import defining_class
-from celery_ctxthread.futures import submit_in_context
-from celery_ctxthread.threads import start_in_context
+from celery_ctxthread import _patching
+from celery_ctxthread._compat import TimerBase
+from celery_ctxthread._patching import bound
+from celery_ctxthread.context import _EMPTY, capture
+from celery_ctxthread.futures import _JobInContext, submit_in_context
+from celery_ctxthread.threads import inside_pool, start_in_context
+
+ThreadPool = multiprocessing.pool.ThreadPool
 
 logger = logging.getLogger(__name__)
 
-_ORIGINAL_ATTRIBUTE = '__celery_ctxthread_original__'
-_lock = threading.Lock()
-_originals = {}  # (owner, name) -> the attribute we replaced, while installed
+_enabled = False
+_applied = []  # the MethodPatch objects of the current install()
 
 
-def _patched_start(original):
+def _propagating_start(original):
     @functools.wraps(original)
     def start(self):
-        return start_in_context(self, original.__get__(self))
+        if not _enabled:
+            return bound(original, self)()
+        return start_in_context(self, bound(original, self))
 
+    start.__wrapped__ = original  # Python 2.7's functools.wraps does not set it
     return start
 
 
-def _patched_submit(original):
+def _propagating_submit(original):
     @functools.wraps(original)
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), as the stdlib's
-        return submit_in_context(original, args, kwargs)
+        if not args:
+            raise TypeError('submit() needs the executor as its first argument')
+        method = bound(original, args[0])
+        if not _enabled:
+            return method(*args[1:], **kwargs)
+        return submit_in_context(method, args[1:], kwargs)
 
+    submit.__wrapped__ = original
+    submit.passes_nested_jobs_through = True  # read by futures._wrapped_by_others
     return submit
 
 
-# (module, class, method): the class is looked up in its module at install().
-_TARGETS = (
-    (threading, 'Thread', 'start', _patched_start),
-    (concurrent.futures, 'ThreadPoolExecutor', 'submit', _patched_submit),
-)
+def _propagating_pool_job(original):
+    """A ``multiprocessing.pool.ThreadPool`` method whose first argument is the job."""
+
+    @functools.wraps(original)
+    def method(self, func, *args, **kwargs):
+        if _enabled and isinstance(self, ThreadPool) and type(func) is not _JobInContext:
+            context = capture()
+            if context is not _EMPTY:
+                func = _JobInContext(context, func)
+        return bound(original, self)(func, *args, **kwargs)
+
+    method.__wrapped__ = original
+    return method
+
+
+def _starting_pool_threads(original):
+    """A method that starts a pool's own long-lived threads: they get no context."""
+
+    @functools.wraps(original)
+    def method(self, *args, **kwargs):
+        if not _enabled or inside_pool.active:
+            return bound(original, self)(*args, **kwargs)
+        inside_pool.active = True
+        try:
+            return bound(original, self)(*args, **kwargs)
+        finally:
+            inside_pool.active = False
+
+    method.__wrapped__ = original
+    return method
+
+
+def _targets():
+    """``(class, method, make_wrapper)`` for each patch, looked up now.
+
+    Now, not at import: gevent swaps ``threading.Thread`` for a subclass that
+    inherits ``start()``, and OpenTelemetry gives ``Timer`` a ``start`` of its
+    own, which a patch of ``Thread.start`` alone no longer reaches.
+    """
+    thread_class = _patching.defining_class(threading.Thread, 'start')
+    yield thread_class, 'start', _propagating_start
+    if 'start' in TimerBase.__dict__:
+        yield TimerBase, 'start', _propagating_start
+    executor = concurrent.futures.ThreadPoolExecutor
+    yield _patching.defining_class(executor, 'submit'), 'submit', _propagating_submit
+    pool = multiprocessing.pool.Pool
+    # map(), starmap() and their _async forms all go through _map_async (3.x);
+    # apply() through apply_async().
+    map_method = '_map_async' if hasattr(pool, '_map_async') else 'map_async'
+    for name in ('apply_async', map_method, 'imap', 'imap_unordered'):
+        yield _patching.defining_class(pool, name), name, _propagating_pool_job
+    yield _patching.defining_class(ThreadPool, '__init__'), '__init__', _starting_pool_threads
+    process_pool = concurrent.futures.ProcessPoolExecutor
+    yield _patching.defining_class(process_pool, 'submit'), 'submit', _starting_pool_threads
+    queue = multiprocessing.queues.Queue
+    yield _patching.defining_class(queue, '_start_thread'), '_start_thread', _starting_pool_threads
 
 
 def install():
     """Make plain threads and thread pools started inside tasks propagate."""
-    with _lock:
-        if _originals:
+    global _enabled
+    with _patching.lock:
+        if _enabled:
             return
-        for module, class_name, name, make_patch in _TARGETS:
-            # Looked up now, not at import: gevent swaps threading.Thread
-            # for a subclass that inherits start().
-            owner = defining_class(getattr(module, class_name), name)
-            original = owner.__dict__[name]
-            patched = make_patch(original)
-            setattr(patched, _ORIGINAL_ATTRIBUTE, original)
-            _originals[(owner, name)] = original
-            setattr(owner, name, patched)
+        for owner, name, make in _targets():
+            patch = _patching.MethodPatch(owner, name, make)
+            patch.apply()
+            _applied.append(patch)
+        _enabled = True
 
 
 def uninstall():
     """Undo :func:`install`; a no-op when it is not installed."""
-    with _lock:
-        for (owner, name), original in _originals.items():
-            current = owner.__dict__.get(name)
-            if getattr(current, _ORIGINAL_ATTRIBUTE, None) is original:
-                setattr(owner, name, original)
-            else:  # restoring now would also remove what was layered on us
-                logger.warning(
-                    'celery_ctxthread: %s.%s was patched again after install(); '
-                    'left in place, so it still propagates',
-                    owner.__name__,
+    global _enabled
+    with _patching.lock:
+        _enabled = False  # first: a patch left under someone's wrapper passes through
+        for patch in reversed(_applied):
+            owner, name = patch.owner.__name__, patch.name
+            if not patch.restore():
+                logger.debug(
+                    'celery_ctxthread: %s.%s was wrapped again after install(); ours stays '
+                    'under that wrapper and passes everything straight through',
+                    owner,
                     name,
                 )
-        _originals.clear()
+        del _applied[:]
 
 
 def installed():
     """Return True while :func:`install` is in effect."""
-    return bool(_originals)
+    return _enabled

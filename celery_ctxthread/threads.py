@@ -25,14 +25,16 @@ from celery_ctxthread._compat import TimerBase
 from celery_ctxthread.context import _EMPTY, capture
 
 
-class _PoolWorkerStarts(threading.local):
-    # Set while an executor's submit() runs: the threads it starts then are
-    # pool workers that outlive the job, and must never keep the job's context.
+class _InsidePool(threading.local):
+    # Set while a pool's own code runs on this thread (an executor's submit(),
+    # a ThreadPool being built): the threads started then are the pool's
+    # workers and helpers, which outlive the job and must never keep its
+    # context, and a submit() reached then is already wrapped by ours.
     # A class default, so that reading it never raises and catches.
     active = False
 
 
-_pool_worker_starts = _PoolWorkerStarts()
+inside_pool = _InsidePool()
 
 
 def opt_out(thread):
@@ -42,6 +44,8 @@ def opt_out(thread):
 
         cct.opt_out(threading.Thread(target=watchdog)).start()
     """
+    if not isinstance(thread, threading.Thread):
+        raise TypeError('opt_out() expects a threading.Thread, got %r' % (thread,))
     if type(thread.run) is not _RunInContext:
         # Bound to the empty context: start() sees it wrapped and leaves it be.
         thread.run = _RunInContext(_EMPTY, thread.run)
@@ -51,7 +55,9 @@ def opt_out(thread):
 class _RunInContext(object):
     """A thread's ``run``, bound to the context its ``start()`` captured.
 
-    :func:`opt_out` binds it to the empty context ahead of ``start()``.
+    :func:`opt_out` binds it to the empty context ahead of ``start()``.  To a
+    wrapper that comes after us it behaves like the bound method it replaces:
+    Sentry calls ``thread.run.__func__(thread)``.
     """
 
     __slots__ = ('context', 'run')
@@ -65,27 +71,36 @@ class _RunInContext(object):
         # Like Thread.run dropping its target: keep no task or request alive.
         self.context = self.run = None
         if run is not None:
-            return context.call(run, (), {})
+            # Whatever wrappers around us set (Sentry's forked scopes) stays set.
+            return context.call(run, (), {}, True)
+
+    @property
+    def __func__(self):
+        return self._called_with_thread
+
+    def _called_with_thread(self, thread, *args, **kwargs):
+        return self()
 
 
 def start_in_context(thread, start):
     """Call ``start()`` so that ``thread.run()`` runs in the caller's task context.
 
     ``start`` is the thread's real start (bound).  Does nothing extra outside a
-    task, for an opted-out thread, for a pool's own workers, and for a thread
+    task, for an opted-out thread, for a pool's own threads, and for a thread
     already wrapped (then ``start()`` raises as the stdlib does when started twice).
     """
     context = capture()  # first: outside a task nothing else is looked at
     run = thread.run
-    if context is _EMPTY or type(run) is _RunInContext or _pool_worker_starts.active:
+    if context is _EMPTY or type(run) is _RunInContext or inside_pool.active:
         return start()
     thread.run = _RunInContext(context, run)
     try:
         return start()
     except BaseException:  # it never started: leave the thread as it was
-        del thread.run
-        if thread.run != run:  # it had a run of its own on the instance
-            thread.run = run
+        if type(thread.run) is _RunInContext:
+            del thread.run
+            if thread.run != run:  # it had a run of its own on the instance
+                thread.run = run
         raise
 
 

@@ -9,7 +9,10 @@ task modules importing it is enough; else add it to the ``imports`` setting)::
 The worker then installs the patch in its main process (``worker_init``,
 before the pool starts: forked prefork children inherit it) and again in each
 pool process (``worker_process_init``: idempotent).  The environment variable
-wins over the setting, so ``CELERY_CTXTHREAD_INSTALL=0`` turns it off.
+wins over the setting, so ``CELERY_CTXTHREAD_INSTALL=0`` turns it off.  A
+value it cannot read raises ``ValueError`` when ``celery_ctxthread`` is
+imported, so a worker with a typo refuses to start instead of running without
+propagation (Celery's signal dispatch would only log an error raised later).
 """
 
 import os
@@ -26,17 +29,24 @@ _TRUE = ('1', 'true', 'yes', 'on')
 _FALSE = ('', '0', 'false', 'no', 'off')
 
 
+def _from_environment():
+    """True or False when the environment variable is set, None when it is not."""
+    value = os.environ.get(ENVIRONMENT_VARIABLE)
+    if value is None:
+        return None
+    if value.strip().lower() not in _TRUE + _FALSE:
+        raise ValueError(
+            '%s=%r: expected one of %s'
+            % (ENVIRONMENT_VARIABLE, value, ', '.join(_TRUE + _FALSE[1:]))
+        )
+    return value.strip().lower() in _TRUE
+
+
 def wanted(app):
     """Return True when the environment or ``app.conf`` asks for the switch."""
-    value = os.environ.get(ENVIRONMENT_VARIABLE)
+    value = _from_environment()
     if value is not None:
-        value = value.strip().lower()
-        if value not in _TRUE + _FALSE:
-            raise ValueError(
-                '%s=%r: expected one of %s'
-                % (ENVIRONMENT_VARIABLE, value, ', '.join(_TRUE + _FALSE[1:]))
-            )
-        return value in _TRUE
+        return value
     return bool(app is not None and app.conf.get(SETTING, False))
 
 
@@ -48,5 +58,6 @@ def _install_if_wanted(sender=None, **kwargs):
         install()
 
 
+_from_environment()  # at import: a typo stops the worker here, with this error
 worker_init.connect(_install_if_wanted, weak=False, dispatch_uid=__name__ + '.worker_init')
 worker_process_init.connect(_install_if_wanted, weak=False, dispatch_uid=__name__ + '.process')
