@@ -8,13 +8,16 @@ from celery.app.task import Context as Request
 _P = ParamSpec('_P')
 _R = TypeVar('_R')
 
+class _CelerySnapshot:
+    app: Celery | None
+    key: tuple[Any, ...]
+    request: Request | None
+    step: tuple[Any, ...] | None
+    task: Task[Any, Any] | None
+    def __init__(self, key: tuple[Any, ...], tasks: tuple[Any, ...]) -> None: ...
+
 class TaskContext:
-    def __init__(
-        self,
-        sources: tuple[tuple[Any, tuple[Any, ...]], ...],
-        app: Celery | None,
-        vars: Context | None,
-    ) -> None: ...
+    def __init__(self, celery: _CelerySnapshot, vars: Context | None) -> None: ...
     @property
     def task(self) -> Task[Any, Any] | None: ...
     @property
@@ -23,7 +26,11 @@ class TaskContext:
     def task_id(self) -> str | None: ...
     def run(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R: ...
     def call(
-        self, fn: Callable[..., _R], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+        self,
+        fn: Callable[..., _R],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        keep_outer: bool = False,
     ) -> _R: ...
 
 class _ContextWrapped(Generic[_P, _R]):

@@ -16,8 +16,8 @@ worker threads carry none between jobs.
 """
 
 import sys
-from types import MethodType
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import MethodType
 
 from celery_ctxthread._compat import set_exception
 from celery_ctxthread.context import _EMPTY, TaskContext, capture
@@ -34,12 +34,17 @@ def _unwrapped(function):
 _STDLIB_SUBMIT = _unwrapped(ThreadPoolExecutor.__dict__['submit'])
 
 
+# install()'s own submit wrappers, which pass our jobs through untouched.
+# Found by identity: functools.wraps copies attributes onto others' wrappers.
+passing_submits = []
+
+
 def _wrapped_by_others(submit):
     """Whether anyone but us wraps ``submit`` (bound): their job wrappers run around ours."""
     if type(submit) is not MethodType:
         return True
     function = submit.__func__
-    while getattr(function, 'passes_nested_jobs_through', False):  # install()'s
+    while any(function is ours for ours in passing_submits):
         function = function.__wrapped__
     return function is not _STDLIB_SUBMIT
 

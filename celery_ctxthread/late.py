@@ -51,7 +51,7 @@ _guard_set_up = []
 class _Watch(object):
     """What the guard knows of one captured request."""
 
-    __slots__ = ('owner', 'finished', 'warned')
+    __slots__ = ('finished', 'owner', 'warned')
 
     def __init__(self, owner):
         self.owner = weakref.ref(owner)  # the task's own thread: the first to capture it

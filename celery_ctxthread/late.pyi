@@ -1,5 +1,8 @@
 import logging
 
+from celery.app.task import Context as Request
+
 logger: logging.Logger
 
-def ensure_guard() -> None: ...
+def watch(request: Request | None) -> None: ...
+def set_up() -> None: ...

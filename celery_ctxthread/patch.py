@@ -39,10 +39,10 @@ from celery_ctxthread import _patching
 from celery_ctxthread._compat import TimerBase
 from celery_ctxthread._patching import bound
 from celery_ctxthread.context import _EMPTY, capture
-from celery_ctxthread.futures import _JobInContext, submit_in_context
+from celery_ctxthread.futures import _JobInContext, passing_submits, submit_in_context
 from celery_ctxthread.threads import inside_pool, start_in_context
 
-ThreadPool = multiprocessing.pool.ThreadPool
+_ThreadPool = multiprocessing.pool.ThreadPool
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _propagating_submit(original):
         return submit_in_context(method, args[1:], kwargs)
 
     submit.__wrapped__ = original
-    submit.passes_nested_jobs_through = True  # read by futures._wrapped_by_others
+    passing_submits.append(submit)
     return submit
 
 
@@ -81,7 +81,7 @@ def _propagating_pool_job(original):
 
     @functools.wraps(original)
     def method(self, func, *args, **kwargs):
-        if _enabled and isinstance(self, ThreadPool) and type(func) is not _JobInContext:
+        if _enabled and isinstance(self, _ThreadPool) and type(func) is not _JobInContext:
             context = capture()
             if context is not _EMPTY:
                 func = _JobInContext(context, func)
@@ -127,7 +127,7 @@ def _targets():
     map_method = '_map_async' if hasattr(pool, '_map_async') else 'map_async'
     for name in ('apply_async', map_method, 'imap', 'imap_unordered'):
         yield _patching.defining_class(pool, name), name, _propagating_pool_job
-    yield _patching.defining_class(ThreadPool, '__init__'), '__init__', _starting_pool_threads
+    yield _patching.defining_class(_ThreadPool, '__init__'), '__init__', _starting_pool_threads
     process_pool = concurrent.futures.ProcessPoolExecutor
     yield _patching.defining_class(process_pool, 'submit'), 'submit', _starting_pool_threads
     queue = multiprocessing.queues.Queue

@@ -4,6 +4,11 @@ from typing import TypeVar
 
 _T = TypeVar('_T', bound=threading.Thread)
 
+class _InsidePool(threading.local):
+    active: bool
+
+inside_pool: _InsidePool
+
 def opt_out(thread: _T) -> _T: ...
 def start_in_context(thread: threading.Thread, start: Callable[[], None]) -> None: ...
 
