@@ -1,9 +1,10 @@
 from collections.abc import Callable, Mapping
 from contextvars import Context
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, TypeVar
 
 from celery import Celery, Task
 from celery.app.task import Context as Request
+from typing_extensions import ParamSpec  # typing has it from 3.10 only: users may target 3.8
 
 _P = ParamSpec('_P')
 _R = TypeVar('_R')

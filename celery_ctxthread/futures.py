@@ -36,7 +36,7 @@ _STDLIB_SUBMIT = _unwrapped(ThreadPoolExecutor.__dict__['submit'])
 
 # install()'s own submit wrappers, which pass our jobs through untouched.
 # Found by identity: functools.wraps copies attributes onto others' wrappers.
-passing_submits = []
+_passing_submits = []
 
 
 def _wrapped_by_others(submit):
@@ -44,7 +44,7 @@ def _wrapped_by_others(submit):
     if type(submit) is not MethodType:
         return True
     function = submit.__func__
-    while any(function is ours for ours in passing_submits):
+    while any(function is ours for ours in _passing_submits):
         function = function.__wrapped__
     return function is not _STDLIB_SUBMIT
 

@@ -39,7 +39,7 @@ from celery_ctxthread import _patching
 from celery_ctxthread._compat import TimerBase
 from celery_ctxthread._patching import bound
 from celery_ctxthread.context import _EMPTY, capture
-from celery_ctxthread.futures import _JobInContext, passing_submits, submit_in_context
+from celery_ctxthread.futures import _JobInContext, _passing_submits, submit_in_context
 from celery_ctxthread.threads import inside_pool, start_in_context
 
 _ThreadPool = multiprocessing.pool.ThreadPool
@@ -72,7 +72,7 @@ def _propagating_submit(original):
         return submit_in_context(method, args[1:], kwargs)
 
     submit.__wrapped__ = original
-    passing_submits.append(submit)
+    _passing_submits.append(submit)
     return submit
 
 
