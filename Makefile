@@ -3,7 +3,7 @@
 # rabbitmq-server and redis-server.
 GRID := .ci/grid-bootstrap run
 
-.PHONY: test lint types docs grid bench demo
+.PHONY: test lint types docs grid grid-table bench demo
 
 test:           ## lint, types, docs and the whole grid, as CI runs it
 	.ci/test
@@ -19,6 +19,9 @@ docs:
 
 grid:           ## only the interpreter x Celery grid
 	$(GRID) -p auto
+
+grid-table:     ## write the last grid run's table into README.md
+	.ci/grid-report --write
 
 bench:
 	$(GRID) -e bench
