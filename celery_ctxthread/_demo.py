@@ -7,7 +7,10 @@ nothing), then as ``cct.TaskThread`` and ``cct.TaskThreadPoolExecutor`` (every
 bar fills).  The bars are drawn only from ``AsyncResult.state`` and ``.info``.
 
 With no options it needs no server: kombu's filesystem transport is the broker
-and Celery's ``file://`` backend stores the results, both in a temporary folder.
+and Celery's ``file://`` backend stores the results, both in a temporary folder
+and both writing each file under a temporary name and renaming it into place,
+so that neither the worker nor the client ever reads a file half written (see
+``_demo_tasks``).
 """
 
 from __future__ import absolute_import, print_function
@@ -45,7 +48,7 @@ def add_arguments(parser):
         '--broker',
         metavar='URL',
         help='broker URL, e.g. amqp://127.0.0.1// '
-        '(default: a filesystem queue in a temporary folder)',
+        "(default: kombu's filesystem transport in a temporary folder)",
     )
     parser.add_argument(
         '--backend',
@@ -163,6 +166,7 @@ class Urls(object):
 
         self.tasks = tasks
         self.queue_dir = None
+        self.results_dir = None
         self.broker = args.broker or self._embedded_broker(workdir)
         self.backend = args.backend or self._default_backend(args, workdir)
 
@@ -173,13 +177,16 @@ class Urls(object):
     def _default_backend(self, args, workdir):
         if args.broker:
             return 'rpc://'
-        return 'file://' + _mkdir(workdir, 'results').replace(os.sep, '/')
+        self.results_dir = _mkdir(workdir, 'results')
+        return self.tasks.file_url(self.results_dir)
 
     def env(self):
         """The variables that make ``_demo_tasks.make_app()`` use these URLs."""
         env = {self.tasks.ENV_BROKER: self.broker, self.tasks.ENV_BACKEND: self.backend}
         if self.queue_dir:
             env[self.tasks.ENV_QUEUE_DIR] = self.queue_dir
+        if self.results_dir:
+            env[self.tasks.ENV_RESULTS_DIR] = self.results_dir
         return env
 
     def make_app(self):
@@ -221,6 +228,8 @@ def check_connections(app, urls):
     checks = [('broker', urls.broker, _check_broker)]
     if _scheme(urls.backend) not in ('rpc', 'amqp'):  # those use the broker
         checks.append(('result backend', urls.backend, _check_backend))
+    if urls.queue_dir:
+        checks.append(('broker', urls.broker, _declare_task_queue))
     for what, url, check in checks:
         error = _missing_library(url) or _call_with_timeout(check, app, CHECK_TIMEOUT)
         if error:
@@ -246,6 +255,17 @@ def _check_broker(app):
     try:
         conn.connect()
         conn.default_channel  # noqa: B018  (opens a channel: some transports connect only here)
+    finally:
+        conn.release()
+
+
+def _declare_task_queue(app):
+    # kombu >= 5.3 keeps the filesystem transport's bindings in a file that the
+    # first declaration creates empty and only then locks and fills: declared
+    # here, before the worker starts, the worker and the client never race on it.
+    conn = app.connection_for_write()
+    try:
+        app.amqp.queues[app.conf.task_default_queue](conn.default_channel).declare()
     finally:
         conn.release()
 
@@ -445,7 +465,7 @@ class RunView(object):
         """Take one poll; return True if something changed."""
         changed = False
         if state == 'PENDING' and self.state != 'PENDING':
-            return False  # a reader may briefly see a result file being rewritten
+            return False  # a --backend file:// reader may see a result file being rewritten
         if state != self.state:
             self.state, changed = state, True
         if state == 'PROGRESS' and isinstance(info, dict) and 'steps' in info:
@@ -465,6 +485,12 @@ class RunView(object):
         if self.state == 'FAILURE':
             return [_one_line(self.result)]
         return []
+
+    def update_calls(self):
+        """How many times the threads called update_state (None if unknown)."""
+        if isinstance(self.result, dict):
+            return self.result.get('update_calls')
+        return None
 
     def seen_in_thread(self):
         if isinstance(self.result, dict):
@@ -650,19 +676,20 @@ class Output(object):
 def print_summary(out, runs, args):
     """Print the table; return 0 if every cct run filled every bar."""
     total = args.threads * args.steps
-    rows = [('run', 'thread class', 'updates seen', 'steps shown', 'final state', 'error')]
+    rows = [('run', 'thread class', 'steps shown', 'updates seen', 'final state', 'error')]
     for view in runs:
         error = (
             view.errors()[0]
             if view.errors()
             else ('(dropped silently)' if view.updates == 0 else '-')
         )
+        calls = view.update_calls()
         rows.append(
             (
                 str(view.number),
                 view.thread_class,
-                str(view.updates),
                 '%d/%d' % (view.shown_steps(), total),
+                '%d of %s' % (view.updates, '?' if calls is None else calls),
                 view.state,
                 _shorten(error, 60),
             )
@@ -671,6 +698,9 @@ def print_summary(out, runs, args):
     out.line(out.bold('Summary'))
     for row in _table(rows):
         out.line('  ' + row)
+    out.line('')
+    for line in _legend(args):
+        out.line('  ' + line)
     fixed_ok = all(view.complete() for view in runs if view.kind != 'plain')
     out.line('')
     out.line(
@@ -682,6 +712,17 @@ def print_summary(out, runs, args):
         )
     )
     return 0 if fixed_ok else 1
+
+
+def _legend(args):
+    return [
+        "steps shown:  steps the client's bars show, of %d threads x %d steps"
+        % (args.threads, args.steps),
+        'updates seen: progress states the client read, of the update_state calls the threads',
+        '              made: it polls every %.1f s and sees the latest state, not every update'
+        % REFRESH,
+        '              (each update carries every bar, so the bars still fill)',
+    ]
 
 
 def _table(rows):

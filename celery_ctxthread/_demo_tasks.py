@@ -2,6 +2,14 @@
 
 The demo process and the worker it starts both import this module; they agree
 on the broker and the result backend through the environment (see ``ENV_*``).
+
+The embedded default is kombu's filesystem transport and Celery's ``file://``
+backend, each with one method replaced so that a file is never read half
+written: both write in place, so a reader can find a message empty (kombu's
+JSONDecodeError "Expecting value", celery/kombu#1551) and, with several
+threads calling ``update_state`` at once, a result file with the tail of an
+older state ("Extra data").  Here each file is written under a temporary name
+and renamed into place, which is atomic within one folder.
 """
 
 from __future__ import absolute_import, print_function
@@ -10,16 +18,30 @@ import os
 import signal
 import threading
 import time
+import uuid
 
 from celery import Celery, current_task
+from celery.backends.filesystem import FilesystemBackend
 from celery.signals import worker_init
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.encoding import ensure_bytes, str_to_bytes
+from kombu.utils.json import dumps
 
 import celery_ctxthread as cct
 
+try:
+    from time import monotonic
+except ImportError:  # Python 2.7
+    from kombu.five import monotonic
+
 ENV_BROKER = 'CCT_DEMO_BROKER'
 ENV_BACKEND = 'CCT_DEMO_BACKEND'
-ENV_QUEUE_DIR = 'CCT_DEMO_QUEUE_DIR'  # the filesystem transport's folder
+ENV_QUEUE_DIR = 'CCT_DEMO_QUEUE_DIR'  # the embedded broker's folder
+ENV_RESULTS_DIR = 'CCT_DEMO_RESULTS_DIR'  # the embedded backend's folder
 ENV_PARENT_PID = 'CCT_DEMO_PARENT_PID'  # set in the worker's environment only
+# Python 2.7: os.rename replaces the target atomically on POSIX too.
+_replace = getattr(os, 'replace', os.rename)
 
 THREAD_CLASSES = {
     'plain': 'threading.Thread',
@@ -28,12 +50,58 @@ THREAD_CLASSES = {
 }
 
 
+def write_whole(path, data, opener=None):
+    """Write ``data`` to ``path`` so that no reader ever sees part of it."""
+    name = '.tmp-' + uuid.uuid4().hex  # matches no message and no result key
+    if not isinstance(path, type(name)):
+        name = name.encode('ascii')  # Celery's result paths are bytes
+    temporary = os.path.join(os.path.dirname(path), name)
+    with (opener or open)(temporary, 'wb') as handle:
+        handle.write(data)
+    _replace(temporary, path)
+
+
+class AtomicFilesystemChannel(filesystem.Channel):
+    """kombu's filesystem channel; a message file appears only once complete."""
+
+    def _put(self, queue, payload, **kwargs):
+        # kombu's own file name: the consumer orders and matches messages by it.
+        name = '%d_%s.%s.msg' % (int(round(monotonic() * 1000)), uuid.uuid4(), queue)
+        path = os.path.join(self.data_folder_out, name)
+        try:
+            write_whole(path, str_to_bytes(dumps(payload)))
+        except (IOError, OSError):
+            raise ChannelError('Cannot add file %r to directory' % path)
+
+
+class AtomicFilesystemTransport(filesystem.Transport):
+    """kombu's filesystem transport with :class:`AtomicFilesystemChannel`."""
+
+    Channel = AtomicFilesystemChannel
+
+
+class AtomicFilesystemBackend(FilesystemBackend):
+    """Celery's ``file://`` backend; a result file is replaced, never rewritten."""
+
+    def set(self, key, value):
+        write_whole(self._filename(key), ensure_bytes(value), self.open)
+
+
+def file_url(folder):
+    """The ``file://`` URL of ``folder``."""
+    return 'file://' + folder.replace(os.sep, '/')
+
+
 def make_app():
     """The demo app, configured from the environment."""
+    backend = os.environ.get(ENV_BACKEND, 'cache+memory://')
+    results_dir = os.environ.get(ENV_RESULTS_DIR)
+    if results_dir:
+        backend = 'celery_ctxthread._demo_tasks:AtomicFilesystemBackend+' + file_url(results_dir)
     app = Celery(
         'celery_ctxthread_demo',
         broker=os.environ.get(ENV_BROKER, 'memory://'),
-        backend=os.environ.get(ENV_BACKEND, 'cache+memory://'),
+        backend=backend,
     )
     app.conf.update(
         task_track_started=True,  # STARTED shows the task runs while no PROGRESS arrives
@@ -46,6 +114,7 @@ def make_app():
     )
     queue_dir = os.environ.get(ENV_QUEUE_DIR)
     if queue_dir:
+        app.conf.broker_transport = AtomicFilesystemTransport
         # One folder for in and out: publisher and worker share the queue files.
         app.conf.broker_transport_options = {
             'data_folder_in': queue_dir,
@@ -95,6 +164,7 @@ class Progress(object):
         self.names = names
         self.steps = dict.fromkeys(names, 0)
         self.errors = []
+        self.update_calls = 0
         self.seen_in_thread = None
         self.lock = threading.Lock()
 
@@ -108,6 +178,7 @@ class Progress(object):
                 self._send()
 
     def _send(self):
+        self.update_calls += 1
         try:
             self.task.update_state(state='PROGRESS', meta={'steps': dict(self.steps)})
         except Exception as exc:  # the point of the demo: show what the user would get
@@ -129,6 +200,7 @@ class Progress(object):
         return {
             'worker_steps': self.steps,
             'errors': self.errors,
+            'update_calls': self.update_calls,
             'seen_in_thread': self.seen_in_thread,
         }
 

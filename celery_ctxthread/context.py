@@ -35,13 +35,15 @@ from celery_ctxthread import _stacks, late
 from celery_ctxthread._compat import copy_context
 
 _TASK_STACK = _state._task_stack
+_TASK_STACK_TYPE = type(_TASK_STACK)
 _read_tasks = _stacks.access_for(_TASK_STACK).read
 _APP_LOCAL = _state._tls
 
 # Consecutive captures of the same tasks, requests and app share this thread's
 # newest Celery snapshot: a loop of start()s or submit().result()s does not
-# plan the stack pushes per iteration, and queued jobs keep one object alive,
-# not one each, for the garbage collector to walk.  With the default stack
+# plan the stack pushes per iteration.  Where there are no contextvars to tell
+# them apart they share the whole snapshot, and queued jobs keep one object
+# alive, not one each, for the garbage collector to walk.  With the default stack
 # flavour it is kept in the thread's task stack entry, which Celery deletes
 # when the last task is popped: it lives exactly as long as the thread is
 # inside a task.
@@ -94,8 +96,11 @@ def _sources_of(tasks):
 
 def _top_request(task):
     stack = getattr(task, 'request_stack', None)
-    top = _stacks.read(stack)[-1:] if stack is not None else ()
-    return top[0] if top else None
+    if stack is None:  # an unbound task class
+        return None
+    # Every request stack is of the task stack's flavour; any other is read generically.
+    items = _read_tasks(stack) if type(stack) is _TASK_STACK_TYPE else _stacks.read(stack)
+    return items[-1] if items else None
 
 
 class TaskContext(object):
@@ -106,7 +111,7 @@ class TaskContext(object):
     captures it again).
     """
 
-    __slots__ = ('_celery', '_vars')
+    __slots__ = ('__weakref__', '_celery', '_vars')
 
     def __init__(self, celery, vars):
         self._celery = celery
@@ -215,17 +220,25 @@ def capture():
     else:
         newest = _newest.ref
         newest = newest() if newest is not None else None
-    if newest is None or len(newest.key) != len(key) or not all(map(is_, newest.key, key)):
-        newest = _new_snapshot(key, tasks)
-        if entry is not None:
-            entry[_SNAPSHOT_KEY] = newest
-        else:
-            _newest.ref = weakref.ref(newest)
-    return TaskContext(newest, copy_context() if copy_context is not None else None)
+    vars = copy_context() if copy_context is not None else None
+    if (
+        newest is None
+        or len(newest._celery.key) != len(key)
+        or not all(map(is_, newest._celery.key, key))
+    ):
+        newest = TaskContext(_new_snapshot(key, tasks), vars)
+    elif vars or newest._vars:  # equal contexts are not compared: a copy of each of its own
+        newest = TaskContext(newest._celery, vars)
+    else:  # no contextvars at all (or none on 2.7): nothing tells the two apart
+        return newest
+    if entry is not None:
+        entry[_SNAPSHOT_KEY] = newest
+    else:
+        _newest.ref = weakref.ref(newest)
+    return newest
 
 
 def _new_snapshot(key, tasks):
-    late.set_up()
     for request in key[1 + len(tasks) :]:
         late.watch(request)
     return _CelerySnapshot(key, tasks)

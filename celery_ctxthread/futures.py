@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import MethodType
 
-from celery_ctxthread._compat import set_exception
+from celery_ctxthread._compat import RELEASES_WORK_ITEMS, set_exception
 from celery_ctxthread.context import _EMPTY, TaskContext, capture
 from celery_ctxthread.threads import TaskThread, inside_pool
 
@@ -36,17 +36,17 @@ _STDLIB_SUBMIT = _unwrapped(ThreadPoolExecutor.__dict__['submit'])
 
 # install()'s own submit wrappers, which pass our jobs through untouched.
 # Found by identity: functools.wraps copies attributes onto others' wrappers.
-_passing_submits = []
+_passing_submits = {}  # id -> the function, kept alive so that its id stays its own
 
 
 def _wrapped_by_others(submit):
     """Whether anyone but us wraps ``submit`` (bound): their job wrappers run around ours."""
-    if type(submit) is not MethodType:
-        return True
-    function = submit.__func__
-    while any(function is ours for ours in _passing_submits):
+    function = submit.__func__ if type(submit) is MethodType else None
+    while function is not _STDLIB_SUBMIT:
+        if function is None or _passing_submits.get(id(function)) is not function:
+            return True
         function = function.__wrapped__
-    return function is not _STDLIB_SUBMIT
+    return False
 
 
 def submit_in_context(submit, args, kwargs):
@@ -56,7 +56,7 @@ def submit_in_context(submit, args, kwargs):
     is positional-only, as in the stdlib, so a job may take a keyword argument
     named ``fn``.
     """
-    if not args or inside_pool.active:  # no job (the stdlib raises), or already wrapped
+    if not args:  # the stdlib raises its own TypeError
         return submit(*args, **kwargs)
     fn = args[0]
     if type(fn) is _JobInContext:  # from our map(): captured once for all its jobs
@@ -72,8 +72,10 @@ def submit_in_context(submit, args, kwargs):
     keep_outer = _wrapped_by_others(submit)
     inside_pool.active = True
     try:
-        # The plain function, not a bound method: one object less per queued job.
-        return submit(TaskContext.call, context, fn, args[1:], kwargs, keep_outer)
+        if RELEASES_WORK_ITEMS:
+            # The plain function, not a bound method: one object less per queued job.
+            return submit(TaskContext.call, context, fn, args[1:], kwargs, keep_outer)
+        return submit(_OneShotJob(context, fn, args[1:], kwargs, keep_outer))
     finally:
         inside_pool.active = False
 
@@ -92,6 +94,26 @@ class _JobInContext(object):
             return self.context.call(self.fn, args, kwargs)
         finally:
             self = None  # a failed job's traceback keeps this frame
+
+
+class _OneShotJob(object):
+    """One job's ``TaskContext.call`` arguments, let go of when it runs.
+
+    Python 2.7's ``futures`` keeps a failed job's work item, and so this job,
+    in the traceback the future holds; Python 3's executor lets go of it.
+    """
+
+    __slots__ = ('call',)
+
+    def __init__(self, *call):
+        self.call = call
+
+    def __call__(self):
+        call, self.call = self.call, None
+        try:
+            return TaskContext.call(*call)
+        finally:
+            self = call = None
 
 
 class TaskThreadPoolExecutor(ThreadPoolExecutor):

@@ -1,8 +1,10 @@
-"""Keep a thread that outlives its task from overwriting the task's final state.
+r"""Keep a thread that outlives its task from overwriting the task's final state.
 
 The rule, exactly: once the final state of a task whose context was captured
-has been stored, ``update_state`` for that task from *any thread other than
-the task's own* stores nothing and logs one warning per thread::
+has been stored, ``update_state`` for that task stores nothing and logs one
+warning per thread, when it comes from *any thread other than the task's own*,
+or from any thread at all once the task has returned (``task_postrun``: a
+``wrap()``\ ped callback run later by another task on the same thread)::
 
     celery_ctxthread.late: task 3f2a9c1e-... ended; ignored update_state('PROGRESS')
     from thread 'Thread-7' that outlived it
@@ -27,6 +29,11 @@ would publish the retry and the task would carry on, so it would run twice.
 
 What it cannot stop: a direct ``backend.store_result(...)``, and an update
 already past the check when the task stores its final state.
+
+The wrappers are put in place when ``celery_ctxthread`` is imported: Celery
+4.3 to 5.1 bind ``backend.mark_as_done`` into a task's tracer when they build
+it, which a worker does once at start.  For a task whose context was never
+captured each wrapper only looks its request up and passes the call through.
 """
 
 import functools
@@ -36,6 +43,7 @@ import weakref
 
 from celery.app.task import Task
 from celery.backends.base import BaseBackend
+from celery.signals import task_postrun
 
 from celery_ctxthread import _patching
 
@@ -51,15 +59,16 @@ _guard_set_up = []
 class _Watch(object):
     """What the guard knows of one captured request."""
 
-    __slots__ = ('finished', 'owner', 'warned')
+    __slots__ = ('ended', 'finished', 'owner', 'warned')
 
     def __init__(self, owner):
         self.owner = weakref.ref(owner)  # the task's own thread: the first to capture it
-        self.finished = False
+        self.finished = False  # its final state is stored, or about to be
+        self.ended = False  # the task has returned (task_postrun)
         self.warned = set()  # idents of the threads already warned
 
     def from_elsewhere(self):
-        return self.owner() is not threading.current_thread()
+        return self.ended or self.owner() is not threading.current_thread()
 
 
 def watch(request):
@@ -92,7 +101,14 @@ def set_up():
             _patching.MethodPatch(owner, name, _marking_finished).apply()
         _patching.MethodPatch(Task, 'update_state', _guarded_update_state).apply()
         _patching.MethodPatch(Task, 'retry', _refusing_retry_elsewhere).apply()
+        task_postrun.connect(_mark_ended, weak=False, dispatch_uid=__name__)
         _guard_set_up.append(True)
+
+
+def _mark_ended(sender=None, task=None, **kwargs):
+    watched = _watch_of(getattr(task or sender, 'request', None))
+    if watched is not None:
+        watched.ended = True
 
 
 def _marking_finished(store):
@@ -163,3 +179,6 @@ def _warn_once(watched, request, state):
         state,
         thread.name,
     )
+
+
+set_up()  # at import: see the module's docstring

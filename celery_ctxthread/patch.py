@@ -67,12 +67,12 @@ def _propagating_submit(original):
         if not args:
             raise TypeError('submit() needs the executor as its first argument')
         method = bound(original, args[0])
-        if not _enabled:
+        if not _enabled or inside_pool.active:  # off, or a job our executor already wrapped
             return method(*args[1:], **kwargs)
         return submit_in_context(method, args[1:], kwargs)
 
     submit.__wrapped__ = original
-    _passing_submits.append(submit)
+    _passing_submits[id(submit)] = submit
     return submit
 
 

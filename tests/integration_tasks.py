@@ -246,4 +246,5 @@ def wait_for_file_count(directory, prefix, count, timeout):
     return poll_until(arrived, timeout)
 
 
-from tests import reliability_tasks  # noqa: E402,F401
+from tests import guard_tasks, reliability_tasks  # noqa: E402,F401
+from tests import neighbours_tasks  # noqa: E402,F401

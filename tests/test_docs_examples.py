@@ -11,13 +11,16 @@ reason it is shown differently.
 from __future__ import absolute_import
 
 import doctest
+import gc
 import inspect
 import io
+import json
 import os
 import re
 import sys
 import textwrap
 import time
+import weakref
 
 import celery
 import pytest
@@ -25,6 +28,7 @@ from celery import _state
 from celery.signals import worker_init
 
 import celery_ctxthread as cct
+from tests.tasks_inprocess import probe, run_bounded, running
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs')
 EXAMPLES = os.path.join(DOCS, 'examples')
@@ -201,6 +205,112 @@ def test_each_job_gets_a_fresh_copy_of_its_submitters_contextvars():
     second = example.report.delay('b')  # same pool thread as the first job
     assert first.get() == ('a', first.id)
     assert second.get() == ('b', second.id)
+
+
+def test_a_library_thread_started_in_a_task_keeps_it_and_one_started_before_does_not(
+    no_install, monkeypatch
+):
+    from celery.signals import worker_process_init
+
+    example = load('background_thread')
+    cct.install()  # the example installs at import; an earlier test may have undone it
+    # The problem: the flusher starts on first use, inside the first task.
+    lazy = example.MetricsClient()
+    monkeypatch.setattr(example, 'metrics', lazy)
+    first = example.place_order.delay(1)
+    example.place_order.delay(2)  # another task: its metric is flushed as the first one's
+    lazy.stop()
+    assert lazy.sent == [('orders', first.id), ('orders', first.id)]
+    # ...and keeps that task's request alive for as long as it runs.
+    lazy = example.MetricsClient()
+    with running(probe, 'first'):
+        request = weakref.ref(probe.request)
+        lazy.increment('orders')
+    gc.collect()
+    kept = request() is not None
+    lazy.stop()
+    gc.collect()
+    assert kept and request() is None
+    # The fix: started in worker_process_init, before any task, it carries none.
+    fixed = example.MetricsClient()
+    monkeypatch.setattr(example, 'metrics', fixed)
+    worker_process_init.send(sender=None)
+    assert fixed.flusher is not None
+    example.place_order.delay(1)
+    example.place_order.delay(2)
+    fixed.stop()
+    assert fixed.sent == [('orders', None), ('orders', None)]
+
+
+def test_asyncio_default_executor_runs_jobs_in_the_task():
+    pytest.importorskip('asyncio')
+    example = load('asyncio_executor')
+    result = example.crunch.delay([1, 2, 3])
+    assert result.get() == [(1, result.id), (2, result.id), (3, result.id)]
+
+
+def _require(neighbour, *modules):
+    """Skip without the neighbour's modules; fail under CI where the cell expects it."""
+    from tests import neighbours
+    from tests.conftest import unavailable
+
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError as exc:
+            reason = '%s: %s' % (neighbour, exc)
+            if neighbour in neighbours.expected():
+                unavailable(reason + ', but %s names it' % neighbours.EXPECT_VARIABLE)
+            pytest.skip(reason)
+
+
+def _neighbour_check(check, order):
+    """Run tests/neighbour_checks.py in a fresh process: patches there cannot be undone."""
+    root = os.path.dirname(DOCS)
+    command = [sys.executable, '-m', 'tests.neighbour_checks', check, order]
+    env = dict(os.environ, PYTHONPATH=root)
+    env.pop('SENTRY_DSN', None)
+    returncode, output = run_bounded(command, 120, cwd=root, env=env)
+    assert returncode == 0, output
+    return json.loads(output.strip().splitlines()[-1])['report']
+
+
+@pytest.mark.parametrize('order', ['init-first', 'install-first'])
+def test_sentry_in_either_order(order):
+    # The check runs load('sentry_setup') in its own process.
+    _require('sentry', 'sentry_sdk')
+    if not hasattr(sys.modules['sentry_sdk'], 'get_isolation_scope'):
+        pytest.skip('sentry-sdk 2.x')
+    report = _neighbour_check('sentry', order)
+    ids, task_id = report.pop('example')
+    assert ids == [[1, task_id], [2, task_id]]
+    # [task id seen, the task's tag seen, a scope of its own, the task's tag afterwards]
+    forked = ['abc', 'task', True, 'task']
+    assert report.pop('ThreadPoolExecutor') == forked  # Sentry forks its scope per job
+    for name in ('ThreadPool', 'wrap', 'TaskContext.run'):  # no fork: the task's scope
+        assert report.pop(name) == ['abc', 'task', False, 'job'], name
+    for name in ('ThreadPool', 'wrap'):  # unless the job opens a scope of its own
+        assert report.pop(name + ', isolation_scope') == forked, name
+    assert report == {}
+
+
+@pytest.mark.parametrize('order', ['install-first', 'instrument-first'])
+def test_opentelemetry_in_either_order(order):
+    # The check runs load('otel_setup') in its own process.
+    _require(
+        'otel',
+        'opentelemetry.instrumentation.threading',
+        'opentelemetry.instrumentation.celery',
+        'opentelemetry.sdk',
+    )
+    report = _neighbour_check('otel', order)
+    ids, task_id = report.pop('example ids')
+    assert ids == [task_id, task_id]
+    assert report.pop('example task spans') == 1
+    assert report.pop('example children') == ['work 1', 'work 2']
+    # [task id seen, the job's span is a child of the task's span]
+    names = ('Timer', 'ThreadPoolExecutor', 'ThreadPool')
+    assert report == {name: ['abc', True] for name in names}
 
 
 def _green_example(example):

@@ -176,6 +176,63 @@ def test_install_twice_uninstall_without_install_and_installed(uninstalled):
     assert not cct.installed()
 
 
+def _plain_wrapper(start, calls):
+    def start_wrapped_by_someone(self, *args, **kwargs):
+        calls.append(self)
+        return start(self, *args, **kwargs)
+
+    return start_wrapped_by_someone
+
+
+def _wrapt_wrapper(start, calls):
+    wrapt = pytest.importorskip('wrapt')
+
+    def wrapper(wrapped, instance, args, kwargs):
+        calls.append(instance)
+        return wrapped(*args, **kwargs)
+
+    return wrapt.FunctionWrapper(start, wrapper)
+
+
+def _id_seen_by_a_plain_thread():
+    """Inside a task: the task id a plain threading.Thread sees, and how deep its stack is."""
+    seen = []
+    thread = threading.Thread(
+        target=lambda: seen.append((observe()['current_id'], len(_state._task_stack.stack)))
+    )
+    with running(probe, 'abc'):
+        thread.start()
+        thread.join(WAIT)
+    return seen[0]
+
+
+@pytest.mark.parametrize('wrap_start', [_plain_wrapper, _wrapt_wrapper], ids=['function', 'wrapt'])
+def test_uninstall_under_someone_elses_wrapper_leaves_ours_disabled(uninstalled, wrap_start):
+    """Someone wrapped our Thread.start after install() (OpenTelemetry, Sentry):
+    uninstall() leaves ours under theirs, but installed() is False and plain threads
+    no longer propagate; install() again works, wrapping once."""
+    original_start = threading.Thread.__dict__['start']
+    calls = []
+    cct.install()
+    try:
+        theirs = wrap_start(threading.Thread.__dict__['start'], calls)
+        threading.Thread.start = theirs
+        cct.uninstall()
+        assert not cct.installed()
+        assert threading.Thread.__dict__['start'] is theirs
+        assert _id_seen_by_a_plain_thread() == (None, 0)
+        assert len(calls) == 1  # their wrapper still runs
+        cct.install()
+        assert cct.installed()
+        assert _id_seen_by_a_plain_thread() == ('abc', 1)
+        cct.uninstall()
+        assert threading.Thread.__dict__['start'] is theirs
+        assert _id_seen_by_a_plain_thread() == (None, 0)
+        assert len(calls) == 3
+    finally:
+        threading.Thread.start = original_start
+
+
 # -- after shutdown(): RuntimeError, like the stdlib ----------------------------
 
 
@@ -354,6 +411,16 @@ def test_module_submit_with_a_keyword_named_fn_clashes_unlike_the_executor():
 
 
 # -- opt_out, double start, failed start ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    'not_a_thread',
+    [object(), None, threading.Thread, lambda: None],
+    ids=['object', 'None', 'the-class', 'a-function'],
+)
+def test_opt_out_of_something_that_is_not_a_thread_raises_typeerror(not_a_thread):
+    with pytest.raises(TypeError, match=r'threading\.Thread'):
+        cct.opt_out(not_a_thread)
 
 
 def test_opt_out_on_a_task_thread_runs_it_without_context():

@@ -8,7 +8,7 @@ from celery import Celery, current_task
 import celery_ctxthread as cct
 
 app = Celery('proj')
-cct.install()  # plain Thread, Timer and ThreadPoolExecutor.submit propagate from now on
+cct.install()  # plain Thread, Timer, ThreadPoolExecutor and ThreadPool jobs propagate from now on
 
 
 def current_task_id():
