@@ -113,6 +113,19 @@ def outlived(self, straggler, outcome):
     return end_with(outcome)
 
 
+@app.task(bind=True, name='cct_late.leaves_a_callback')
+def leaves_a_callback(self):
+    """Leave a wrap()ped update for later, as a task may hand a callback to a library."""
+    kept[self.request.id] = cct.wrap(self.update_state)
+    return 'done'
+
+
+@app.task(bind=True, name='cct_late.runs_a_callback')
+def runs_a_callback(self, callback):
+    """Run an earlier task's callback on this (the same) thread."""
+    callback(state='PROGRESS', meta={'late': True})
+
+
 @app.task(bind=True, name='cct_late.outlived_ignoring_result', ignore_result=True)
 def outlived_ignoring_result(self, straggler):
     straggler.start(self)
@@ -315,6 +328,16 @@ def test_a_straggler_between_the_final_store_and_postrun_is_dropped_too(
     assert stored(task_id)['status'] == final
     warnings = warnings_logged()
     assert len(warnings) == 1 and "'%s'" % straggler.name in warnings[0], warnings
+
+
+def test_a_callback_run_on_the_tasks_own_thread_after_it_returned_is_dropped(warnings_logged):
+    """Solo and prefork run every task on one thread: "the task's own thread" ends
+    with the task, so a later task running the callback cannot overwrite it."""
+    task_id = traced(leaves_a_callback)
+    traced(runs_a_callback, kept.pop(task_id))
+    assert stored(task_id)['status'] == 'SUCCESS'
+    warnings = warnings_logged()
+    assert len(warnings) == 1 and task_id in warnings[0], warnings
 
 
 # -------------------------------------------- nothing else is dropped
