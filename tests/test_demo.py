@@ -1,24 +1,51 @@
 """``python -m celery_ctxthread demo``, run as a user would: a subprocess, on the
 embedded broker and backend (no server needed).  Every wait is bounded.
+
+The embedded default must never fail: the worker path (the demo's own broker,
+backend and worker) also runs many tasks in a row here, with a publisher that
+stalls between creating a message file and filling it, the way a loaded machine
+can stall it, and kombu's own filesystem transport fails that same run.
 """
 
 from __future__ import absolute_import, print_function
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import pytest
+from kombu.transport import filesystem
 
+from celery_ctxthread import _demo
+from celery_ctxthread.__main__ import build_parser
+
+
+def _import_demo_tasks():
+    # Its module-level Celery app makes itself the current app: not for the other tests.
+    from celery import _state
+
+    previous_app = _state._tls.current_app
+    try:
+        from celery_ctxthread import _demo_tasks
+    finally:
+        _state._tls.current_app = previous_app
+    return _demo_tasks
+
+
+_demo_tasks = _import_demo_tasks()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = [sys.executable, '-m', 'celery_ctxthread', 'demo']
 FAST = ['--threads', '3', '--steps', '4', '--delay', '0.05']
-SUMMARY_ROW = re.compile(r'^\s+(\d)\s+(\S+)\s+(\d+)\s+(\d+)/(\d+)\s+([A-Z]+)\s*(.*)$', re.MULTILINE)
+SUMMARY_ROW = re.compile(
+    r'^\s+(\d)\s+(\S+)\s+(\d+)/(\d+)\s+(\d+) of (\d+)\s+([A-Z]+)\s*(.*)$', re.MULTILINE
+)
 posix_only = pytest.mark.skipif(os.name != 'posix', reason='signals and process groups')
 
 
@@ -51,7 +78,7 @@ def run_demo(args, timeout):
 
 
 def summary(out):
-    """{run number: (thread class, updates, steps shown, total, state, error)}."""
+    """{run: (thread class, steps shown, total, updates seen, update calls, state, error)}."""
     return {int(m[0]): m[1:] for m in SUMMARY_ROW.findall(out)}
 
 
@@ -85,14 +112,15 @@ def test_plain_threads_lose_progress_cct_threads_deliver_it():
     assert 'Traceback' not in out + err
     rows = summary(out)
     assert sorted(rows) == [1, 2, 3], out
-    thread_class, updates, shown, total, state, _ = rows[1]
-    assert (thread_class, updates, shown, total) == ('threading.Thread', '0', '0', '12')
+    thread_class, shown, total, seen, calls, state, _ = rows[1]
+    assert (thread_class, shown, total, seen, calls) == ('threading.Thread', '0', '12', '0', '12')
     assert state == 'SUCCESS'
     for run in (2, 3):
-        thread_class, updates, shown, total, state, error = rows[run]
+        thread_class, shown, total, seen, calls, state, error = rows[run]
         assert thread_class.startswith('cct.')
-        assert int(updates) >= 1
+        assert 1 <= int(seen) <= int(calls) == 12
         assert (shown, total, state, error.strip()) == ('12', '12', 'SUCCESS', '-')
+    assert 'updates seen: progress states the client read, of the update_state calls' in out
     assert '\x1b[' not in out  # not a terminal: no colour, no redraw
     assert 'worker stopped: warm shutdown' in out
 
@@ -153,6 +181,205 @@ def _read_until_run(process, number):
             assert worker_pid is not None
             return worker_pid
     raise AssertionError('the demo ended before run %d' % number)
+
+
+# ------------------------------------------ the embedded default, many times
+
+RUNS_IN_A_ROW = 25
+# A stalled publisher waits this long between creating a file and filling it:
+# longer than the worker's poll of the queue folder (0.05 s), so a reader that
+# can see a file before it is complete does see it.
+STALL = 0.1
+
+
+class _StalledFile(object):
+    """A file opened for writing whose writes come late, as if descheduled."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def write(self, data):
+        time.sleep(STALL)
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._handle.close()
+
+
+def stalling_open(folder):
+    """``open`` that stalls every write to a file in ``folder``."""
+    folder = os.path.abspath(folder)
+
+    def open_(path, mode='r', *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        name = path.decode() if isinstance(path, bytes) else path
+        if 'w' in mode and os.path.dirname(os.path.abspath(name)) == folder:
+            return _StalledFile(handle)
+        return handle
+
+    return open_
+
+
+class DemoPath(object):
+    """The demo's own client app, embedded broker and backend, and worker."""
+
+    def __init__(self, workdir):
+        self.urls = _demo.Urls(build_parser().parse_args(['demo']), workdir)
+        self.app = self.urls.make_app()
+        self.worker = _demo.Worker(self.urls, workdir)
+
+    def start(self):
+        _demo.check_connections(self.app, self.urls)
+        self.worker.start()
+
+    def run_task(self, timeout=60.0):
+        """Send one short task as the demo does; return (state, info). DemoError if
+        the worker dies."""
+        result = self.app.send_task(
+            _demo.TASK_NAME, args=('task_thread', 2, 1, 0.0), kwargs={'linger': 0.0}
+        )
+        deadline = time.time() + timeout
+        while result.state not in _demo.READY_STATES:
+            self.worker.check_alive()
+            assert time.time() < deadline, 'no result in %ds: %s' % (
+                timeout,
+                self.worker.last_log_line(),
+            )
+            time.sleep(0.02)
+        state, info = result.state, result.info
+        result.forget()
+        return state, info
+
+    def run_tasks(self, count):
+        """Run ``count`` tasks in a row; return (successes, the first failure or None)."""
+        for done in range(count):
+            try:
+                state, info = self.run_task()
+            except _demo.DemoError as exc:
+                return done, str(exc)
+            complete = state == 'SUCCESS' and info['worker_steps'] == {'t1': 1, 't2': 1}
+            if not complete or info['errors']:
+                return done, '%s %r' % (state, info)
+        return count, None
+
+
+@pytest.fixture
+def demo_path():
+    from celery import _state
+
+    saved_environ, previous_app = dict(os.environ), _state._tls.current_app
+    workdir = tempfile.mkdtemp(prefix='cct-demo-test-')
+    path = None
+    try:
+        path = DemoPath(workdir)  # make_app() sets os.environ and the current app
+        yield path
+    finally:
+        if path is not None:
+            path.worker.stop(_demo.QUICK_STOP_TIMEOUT)
+        os.environ.clear()
+        os.environ.update(saved_environ)
+        _state._tls.current_app = previous_app
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stall_message_writes(monkeypatch, path):
+    # Both the demo's channel and kombu's own write through their module's open().
+    stalled = stalling_open(path.urls.queue_dir)
+    monkeypatch.setattr(_demo_tasks, 'open', stalled, raising=False)
+    monkeypatch.setattr(filesystem, 'open', stalled, raising=False)
+
+
+def test_embedded_default_runs_many_tasks_in_a_row_with_a_stalled_publisher(demo_path, monkeypatch):
+    _stall_message_writes(monkeypatch, demo_path)
+    demo_path.start()
+    done, failure = demo_path.run_tasks(RUNS_IN_A_ROW)
+    assert (done, failure) == (RUNS_IN_A_ROW, None)
+    assert demo_path.worker.stop(_demo.STOP_TIMEOUT) == 'warm shutdown, exit code 0'
+
+
+def test_kombu_filesystem_transport_fails_that_run(demo_path, monkeypatch):
+    """The check above can fail: kombu's own transport writes a message in place,
+    and the worker reads it empty (celery/kombu#1551)."""
+    _stall_message_writes(monkeypatch, demo_path)
+    demo_path.app.conf.broker_transport = filesystem.Transport  # the client publishes
+    demo_path.start()
+    _, failure = demo_path.run_tasks(RUNS_IN_A_ROW)
+    assert failure is not None, (
+        'kombu filesystem transport no longer races: the demo may drop its own channel'
+    )
+    assert 'the worker exited' in failure and 'JSON' in failure, failure
+
+
+def _store_from_four_threads(backend, seconds):
+    """Four threads store PROGRESS states while this one reads them back.
+
+    Return the reads that saw no state (PENDING) or raised.
+    """
+    task_id = 'cct-demo-backend-check'
+    backend.store_result(task_id, {'steps': {}}, 'PROGRESS')
+    stop, errors, bad_reads = threading.Event(), [], []
+
+    def store(number):
+        step = 0
+        while not stop.is_set():
+            step += 1
+            meta = {'steps': {'t%d' % number: step}, 'pad': 'x' * ((step * 37) % 200)}
+            try:
+                backend.store_result(task_id, meta, 'PROGRESS')
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=store, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    deadline = time.time() + seconds
+    try:
+        while time.time() < deadline:
+            try:
+                if backend.get_task_meta(task_id)['status'] != 'PROGRESS':
+                    bad_reads.append('PENDING')
+            except Exception as exc:
+                bad_reads.append('%s: %s' % (type(exc).__name__, exc))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    return bad_reads + ['writer: %r' % exc for exc in errors]
+
+
+def _file_backend(cls, folder, stall):
+    from celery import Celery, _state
+
+    previous_app = _state._tls.current_app
+    try:
+        app = Celery('cct-demo-backend-check', backend=_demo_tasks.file_url(folder))
+    finally:
+        _state._tls.current_app = previous_app
+    opener = stalling_open(folder) if stall else open
+    return cls(app=app, url=_demo_tasks.file_url(folder), open=opener)
+
+
+@pytest.mark.parametrize('stall', [False, True], ids=['full-speed', 'stalled-writes'])
+def test_embedded_backend_keeps_results_whole_under_four_writers(tmpdir, stall):
+    backend = _file_backend(_demo_tasks.AtomicFilesystemBackend, str(tmpdir), stall)
+    assert _store_from_four_threads(backend, seconds=1.5) == []
+    assert [name for name in os.listdir(str(tmpdir)) if name.startswith('.tmp-')] == []
+
+
+def test_celery_file_backend_loses_results_under_the_same_writers(tmpdir):
+    """The check above can fail: Celery's own file:// backend rewrites in place."""
+    from celery.backends.filesystem import FilesystemBackend
+
+    backend = _file_backend(FilesystemBackend, str(tmpdir), stall=True)
+    assert _store_from_four_threads(backend, seconds=1.5) != []
 
 
 @pytest.mark.parametrize('args', [['--help'], ['demo', '--help']])
