@@ -246,5 +246,4 @@ def wait_for_file_count(directory, prefix, count, timeout):
     return poll_until(arrived, timeout)
 
 
-from tests import guard_tasks, reliability_tasks  # noqa: E402,F401
-from tests import neighbours_tasks  # noqa: E402,F401
+from tests import guard_tasks, neighbours_tasks, reliability_tasks  # noqa: E402,F401
