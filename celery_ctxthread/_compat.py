@@ -17,6 +17,18 @@ TimerBase = threading.Timer if isinstance(threading.Timer, type) else threading.
 RELEASES_WORK_ITEMS = sys.version_info[0] >= 3
 
 
+def split_fn(args, name):
+    """``(args[0], args[1:])`` for a ``name(fn, /, *args, **kwargs)`` call.
+
+    The first argument is positional-only, as in the stdlib's ``Context.run``
+    and ``Executor.submit``, so the target may take a keyword argument of any
+    name (``fn`` too).  Python 2.7 has no syntax for it, hence ``*args``.
+    """
+    if not args:
+        raise TypeError('%s() missing its first positional argument' % name)
+    return args[0], args[1:]
+
+
 def set_exception(future, exc, traceback):
     """``future.set_exception``, keeping the traceback on Python 2.7's ``futures``."""
     if hasattr(future, 'set_exception_info'):

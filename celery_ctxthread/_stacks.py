@@ -1,7 +1,7 @@
-"""Read, push and restore Celery's ``LocalStack`` for the current thread.
+"""Read, push and restore Celery's ``LocalStack``\\ s on the current thread.
 
-Every Celery from 4.3 to 5.7 ships two stack flavours, chosen at import by
-``USE_FAST_LOCALS``:
+The one place that goes below Celery's public API.  Every Celery from 4.3 to
+5.7 ships two stack flavours, chosen at import by ``USE_FAST_LOCALS``:
 
 - ``_LocalStack`` (the default): ``{ident: {'stack': [...]}}`` in a ``Local``,
   keyed by thread or greenlet.  Its public ``push``/``top``/``pop`` raise and
@@ -10,23 +10,19 @@ Every Celery from 4.3 to 5.7 ships two stack flavours, chosen at import by
 - ``_FastLocalStack``: a ``threading.local`` whose ``push``/``pop`` are bound
   to the per-thread ``stack`` list.
 
-This is the one place that goes below the public API.  A snapshot reads its
-stacks with :func:`read`, and :func:`plan` turns ``(stack, items)`` pairs into
-the one *step* that it runs on every activation::
+:func:`plan` turns ``(stack, items)`` pairs into the one step a snapshot runs
+on every activation::
 
-    push, restore, target, items = plan([(task_stack, tasks), (request_stack, requests)])
-    token = push(target, items)    # the stacks now end with the items
+    step = plan([(task_stack, tasks), (request_stack, requests)])
+    token = step.push()      # the stacks now end with the items
     ...
-    restore(target, token)         # back to exactly what they were
-
-``_LocalStack``\\ s keyed by the same ident function are pushed together, so
-a run asks for the thread's ident once.  Any other stack type gets the public
-API (slower, same behaviour).
+    step.restore(token)      # back to exactly what they were
 """
 
 import warnings
 
 import celery
+from celery import _state
 from celery.utils import threads as _celery_threads
 
 #: The Celery releases the test grid runs: newer ones may move what we read.
@@ -42,169 +38,152 @@ if tuple(celery.VERSION[:2]) > TESTED_CELERY[1]:
         stacklevel=2,
     )
 
+_IDENT_DICT_STACK = getattr(_celery_threads, '_LocalStack', None)
+_LIST_STACK = getattr(_celery_threads, '_FastLocalStack', None)
+TASK_STACK = _state._task_stack
+_TASK_LOCAL = TASK_STACK._local if type(TASK_STACK) is _IDENT_DICT_STACK else None
 
-class IdentDictAccess(object):
-    """``_LocalStack``: one ``{'stack': list}`` entry per ident in ``__storage__``.
 
-    A push *replaces* the thread's entry with a new one holding the longer
-    list, and a restore puts the saved entry object back (or deletes the new
-    one): whatever the target did to the stack in between is dropped with it.
-    ``_LocalStack`` looks its entry up on every call, so nobody holds the old one.
-    """
-
-    @staticmethod
-    def target(stack):
-        return stack._local
-
-    @staticmethod
-    def read(stack):
+def read(stack):
+    """The current thread's items on ``stack``, bottom first, as a tuple."""
+    if type(stack) is _IDENT_DICT_STACK:  # read without raising and catching
         local = stack._local
         entry = local.__storage__.get(local.__ident_func__())
         return tuple(entry.get('stack') or ()) if entry else ()
-
-    @staticmethod
-    def push(local, items):
-        return push_ident_group(((local.__storage__, list(items)),), local.__ident_func__)
-
-    @staticmethod
-    def restore(local, token):
-        restore_ident_group(((local.__storage__, None),), token)
+    return tuple(stack.stack)
 
 
-def push_ident_group(parts, ident_func):
-    """Extend the current thread's stack in each ``(storage, items_list)`` part.
+def read_tasks():
+    """``(tasks, entry)``: the current thread's tasks, and a dict that lives as long as they do.
 
-    The token is the list of the entries it replaced, then the ident.
+    ``entry`` is the thread's own entry in the default flavour's task stack,
+    which Celery deletes when it pops the last task; None in the other flavour.
     """
-    ident = ident_func()
-    saved = []
-    for storage, items in parts:
-        entry = storage.get(ident)
-        saved.append(entry)
-        if not items:  # pushing nothing must not create an entry: pop() differs
-            continue
-        # A new list each time: runs in several threads share `items`.
-        if entry is None:
-            storage[ident] = {'stack': items[:]}
-        else:
-            storage[ident] = {'stack': (entry.get('stack') or []) + items}
-    saved.append(ident)
-    return saved
+    if _TASK_LOCAL is None:
+        return tuple(TASK_STACK.stack), None
+    entry = _TASK_LOCAL.__storage__.get(_TASK_LOCAL.__ident_func__())
+    return (tuple(entry.get('stack') or ()), entry) if entry else ((), None)
 
 
-def restore_ident_group(parts, saved):
-    ident = saved[-1]
-    index = len(parts)
-    while index:  # last pushed, first restored
-        index -= 1
-        entry = saved[index]
-        if entry is None:  # the thread had no entry: release it, as pop() would
-            parts[index][0].pop(ident, None)
-        else:
-            parts[index][0][ident] = entry
+class _IdentDictStacks(object):
+    """``_LocalStack``\\ s keyed by one ident function, pushed together.
+
+    A push *replaces* the thread's entry in each with a new one holding the
+    longer list, and a restore puts the saved entry object back (or deletes
+    the new one): whatever the target did to the stacks in between is dropped
+    with it.  ``_LocalStack`` looks its entry up on every call, so nobody
+    holds the old one.
+    """
+
+    __slots__ = ('ident_func', 'parts')
+
+    def __init__(self, ident_func, parts):
+        self.ident_func = ident_func
+        self.parts = parts  # ((storage, items as a list), ...)
+
+    def push(self):
+        ident = self.ident_func()
+        saved = []
+        for storage, items in self.parts:
+            entry = storage.get(ident)
+            saved.append(entry)
+            if not items:  # pushing nothing must not create an entry: pop() differs
+                continue
+            # A new list each time: runs in several threads share `items`.
+            if entry is None:
+                storage[ident] = {'stack': items[:]}
+            else:
+                storage[ident] = {'stack': (entry.get('stack') or []) + items}
+        return ident, saved
+
+    def restore(self, token):
+        ident, saved = token
+        for (storage, _), entry in reversed(list(zip(self.parts, saved))):
+            if entry is None:  # the thread had no entry: release it, as pop() would
+                storage.pop(ident, None)
+            else:
+                storage[ident] = entry
 
 
-class ThreadLocalListAccess(object):
-    """``_FastLocalStack``: ``push``/``pop`` are bound to ``stack``, so edit it in place."""
+class _ListStack(object):
+    """``_FastLocalStack``: ``push``/``pop`` are bound to the list, so edit it in place."""
 
-    @staticmethod
-    def target(stack):
-        return stack
+    __slots__ = ('items', 'stack')
 
-    @staticmethod
-    def read(stack):
-        return tuple(stack.stack)
+    def __init__(self, stack, items):
+        self.stack = stack
+        self.items = items
 
-    @staticmethod
-    def push(stack, items):
-        live = stack.stack
+    def push(self):
+        live = self.stack.stack
         saved = live[:]
-        live.extend(items)
+        live.extend(self.items)
         return saved
 
-    @staticmethod
-    def restore(stack, saved):
-        stack.stack[:] = saved
+    def restore(self, saved):
+        self.stack.stack[:] = saved
 
 
-class PublicApiAccess(ThreadLocalListAccess):
+class _PublicApiStack(_ListStack):
     """Any other ``LocalStack``: read like the fast one, push and pop through the public API."""
 
-    @staticmethod
-    def push(stack, items):
-        saved = tuple(stack.stack)
-        for item in items:
-            stack.push(item)
+    __slots__ = ()
+
+    def push(self):
+        saved = tuple(self.stack.stack)
+        for item in self.items:
+            self.stack.push(item)
         return saved
 
-    @staticmethod
-    def restore(stack, saved):
+    def restore(self, saved):
+        stack = self.stack
         for _ in range(len(stack) - len(saved)):
             stack.pop()
         for item in saved[len(stack) :]:  # the target popped some of ours
             stack.push(item)
 
 
-_ACCESS_BY_TYPE = {}
-for _name, _access in (
-    ('_LocalStack', IdentDictAccess),
-    ('_FastLocalStack', ThreadLocalListAccess),
-):
-    _cls = getattr(_celery_threads, _name, None)
-    if _cls is not None:
-        _ACCESS_BY_TYPE[_cls] = _access
-del _name, _access, _cls
+class _Steps(object):
+    """Several steps as one; a push that fails half-way undoes the steps before it."""
 
+    __slots__ = ('steps',)
 
-def access_for(stack):
-    """Return the accessor for ``stack``'s flavour."""
-    return _ACCESS_BY_TYPE.get(type(stack), PublicApiAccess)
+    def __init__(self, steps):
+        self.steps = steps
 
+    def push(self):
+        tokens = []
+        try:
+            for step in self.steps:
+                tokens.append(step.push())
+        except BaseException:
+            self.restore(tokens)
+            raise
+        return tokens
 
-def read(stack):
-    """The current thread's items on ``stack``, bottom first, as a tuple."""
-    return _ACCESS_BY_TYPE.get(type(stack), PublicApiAccess).read(stack)
+    def restore(self, tokens):
+        for step, token in reversed(list(zip(self.steps, tokens))):  # last pushed, first restored
+            step.restore(token)
 
 
 def plan(pairs):
-    """The one step ``(push, restore, target, items)`` that pushes each pair's items.
+    """The one step that pushes each ``(stack, items)`` pair's items; None for no pairs.
 
-    ``token = push(target, items)`` pushes them all, ``restore(target, token)``
-    puts every stack back.  None when there is nothing to push.
+    All of Celery's ``_LocalStack``\\ s share one ident function, so they make
+    one group, which asks for the thread's ident once per run.
     """
-    ident_func = None
-    parts = []  # the _LocalStacks, pushed together
-    steps = []  # any other stack, one step each
+    ident_func, group, steps = None, [], []
     for stack, items in pairs:
-        access = access_for(stack)
-        if access is IdentDictAccess:
-            local = stack._local
-            ident_func = ident_func or local.__ident_func__
-            if local.__ident_func__ is ident_func:
-                parts.append((local.__storage__, list(items)))
-                continue
-        steps.append((access.push, access.restore, access.target(stack), tuple(items)))
-    if parts:
-        steps.insert(0, (push_ident_group, restore_ident_group, tuple(parts), ident_func))
+        local = stack._local if type(stack) is _IDENT_DICT_STACK else None
+        if local is not None and (ident_func is None or local.__ident_func__ is ident_func):
+            ident_func = local.__ident_func__
+            group.append((local.__storage__, list(items)))
+        elif type(stack) is _LIST_STACK:
+            steps.append(_ListStack(stack, tuple(items)))
+        else:
+            steps.append(_PublicApiStack(stack, tuple(items)))
+    if group:
+        steps.insert(0, _IdentDictStacks(ident_func, tuple(group)))
     if len(steps) > 1:
-        return (_push_steps, _restore_steps, tuple(steps), None)
+        return _Steps(tuple(steps))
     return steps[0] if steps else None
-
-
-def _push_steps(steps, _):
-    tokens = []
-    try:
-        for push, _, target, items in steps:
-            tokens.append(push(target, items))
-    except BaseException:  # a push failed half-way: undo the steps before it
-        _restore_steps(steps, tokens)
-        raise
-    return tokens
-
-
-def _restore_steps(steps, tokens):
-    index = len(tokens)
-    while index:  # last pushed, first restored
-        index -= 1
-        _, restore, target, _ = steps[index]
-        restore(target, tokens[index])

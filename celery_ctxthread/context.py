@@ -25,82 +25,16 @@ the function, like the stdlib does.
 """
 
 import functools
-import threading
-import weakref
 from operator import is_
 
 from celery import _state
 
-from celery_ctxthread import _stacks, late
-from celery_ctxthread._compat import copy_context
+from celery_ctxthread import _stacks, guard
+from celery_ctxthread._compat import copy_context, split_fn
 
-_TASK_STACK = _state._task_stack
-_TASK_STACK_TYPE = type(_TASK_STACK)
-_read_tasks = _stacks.access_for(_TASK_STACK).read
 _APP_LOCAL = _state._tls
-
-# Consecutive captures of the same tasks, requests and app share this thread's
-# newest Celery snapshot: a loop of start()s or submit().result()s does not
-# plan the stack pushes per iteration.  Where there are no contextvars to tell
-# them apart they share the whole snapshot, and queued jobs keep one object
-# alive, not one each, for the garbage collector to walk.  With the default stack
-# flavour it is kept in the thread's task stack entry, which Celery deletes
-# when the last task is popped: it lives exactly as long as the thread is
-# inside a task.
-_TASK_LOCAL = (
-    _TASK_STACK._local if _stacks.access_for(_TASK_STACK) is _stacks.IdentDictAccess else None
-)
-_SNAPSHOT_KEY = 'celery_ctxthread.snapshot'
-
-
-class _NewestSnapshot(threading.local):
-    # Other flavours have no such entry: the newest snapshot is held weakly
-    # instead.  A class default, so that reading it never raises and catches.
-    ref = None
-
-
-_newest = _NewestSnapshot()
-
-
-class _CelerySnapshot(object):
-    """The Celery half of a snapshot: the stacks' items, the step that pushes them, the app.
-
-    ``key`` is ``(app, *tasks, *top request of each task)``: two captures
-    share a snapshot only when every item is the *same object* (compared with
-    ``is``: no ``__eq__`` of anyone's is called).
-    """
-
-    __slots__ = ('__weakref__', 'app', 'key', 'request', 'step', 'task')
-
-    def __init__(self, key, tasks):
-        self.key = key
-        self.app = key[0]
-        self.task = tasks[-1] if tasks else None
-        self.request = key[-1] if tasks else None
-        # Planned once here, not per run.
-        self.step = _stacks.plan(_sources_of(tasks)) if tasks else None
-
-
-def _sources_of(tasks):
-    """The task stack, then each task's request stack once, with its top request."""
-    sources = [(_TASK_STACK, tasks)]
-    seen = []  # ids: a task may be on the stack twice
-    for task in tasks:
-        stack = getattr(task, 'request_stack', None)  # None on an unbound task class
-        if stack is not None and id(stack) not in seen:
-            seen.append(id(stack))
-            # Only the top request: a task without one still gets a restore point.
-            sources.append((stack, _stacks.read(stack)[-1:]))
-    return sources
-
-
-def _top_request(task):
-    stack = getattr(task, 'request_stack', None)
-    if stack is None:  # an unbound task class
-        return None
-    # Every request stack is of the task stack's flavour; any other is read generically.
-    items = _read_tasks(stack) if type(stack) is _TASK_STACK_TYPE else _stacks.read(stack)
-    return items[-1] if items else None
+# The thread's newest snapshot is kept in its task stack entry (see capture()).
+_NEWEST = 'celery_ctxthread.snapshot'
 
 
 class TaskContext(object):
@@ -111,11 +45,11 @@ class TaskContext(object):
     captures it again).
     """
 
-    __slots__ = ('__weakref__', '_celery', '_vars')
+    __slots__ = ('_celery', '_vars')
 
     def __init__(self, celery, vars):
-        self._celery = celery
-        self._vars = vars
+        self._celery = celery  # a _CelerySnapshot, shared by captures of the same tasks
+        self._vars = vars  # this capture's copy_context(), or None on Python 2.7
 
     @property
     def task(self):
@@ -132,28 +66,28 @@ class TaskContext(object):
         """That request's task id, or None: handy for log lines."""
         return getattr(self._celery.request, 'id', None)
 
-    def run(self, fn, *args, **kwargs):
+    def run(*args, **kwargs):  # (self, fn, /, *args, **kwargs), as Context.run
         """Call ``fn(*args, **kwargs)`` in this context on the current thread.
 
         The thread's stacks and current app are restored to exactly what they
         were afterwards, also when ``fn`` raises (``BaseException`` included).
         """
-        return self.call(fn, args, kwargs)
+        self, rest = split_fn(args, 'run')
+        fn, rest = split_fn(rest, 'run')
+        return self._call(fn, rest, kwargs)
 
-    def call(self, fn, args, kwargs, keep_outer=False):
-        """:meth:`run` with the arguments as a tuple and a dict.
+    def _call(self, fn, args, kwargs, keep_outer=False):
+        """:meth:`run`, for the entry points.
 
-        Entry points use it so that a keyword argument named ``fn`` reaches
-        the target instead of clashing with ours.  ``keep_outer``: the
-        contextvars that wrappers around this call have set (Sentry's forked
-        scopes around a thread's run) stay set on top of the snapshot's, as if
-        the thread had started in a copy of the snapshot's context.
+        ``keep_outer``: the contextvars that wrappers around this call have
+        set (Sentry's forked scopes around a thread's run) stay set on top of
+        the snapshot's, as if the thread had started in a copy of the
+        snapshot's context.
         """
         celery = self._celery
         step = celery.step
         if step is None:
             return fn(*args, **kwargs)
-        push, restore, target, items = step
         # Saved even when the snapshot has no app: the target may make one
         # current, and a pool thread must not keep it for its next job.
         previous_app = _APP_LOCAL.current_app
@@ -161,27 +95,26 @@ class TaskContext(object):
             _APP_LOCAL.current_app = celery.app
         token = None
         try:  # pushed inside the try: the app is put back if the push fails
-            token = push(target, items)
+            token = step.push()
             vars = self._vars
             if vars is None:
                 return fn(*args, **kwargs)
-            if keep_outer:
-                outer = copy_context()
-                if outer:
-                    return vars.copy().run(_set_then_call, outer, fn, args, kwargs)
+            outer = copy_context() if keep_outer else None
+            if outer:
+                return vars.copy().run(_set_then_call, outer, fn, args, kwargs)
             return vars.copy().run(fn, *args, **kwargs)
         finally:
             if token is not None:
-                restore(target, token)
+                step.restore(token)
             _APP_LOCAL.current_app = previous_app
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.
-            self = celery = step = target = items = token = fn = args = kwargs = None
+            self = celery = step = token = fn = args = kwargs = None
 
     def __repr__(self):
-        if self._celery.task is None:
-            return '<TaskContext empty>'
         task = self._celery.task
+        if task is None:
+            return '<TaskContext empty>'
         return '<TaskContext %s[%s]>' % (getattr(task, 'name', task), self.task_id)
 
 
@@ -189,6 +122,44 @@ def _set_then_call(outer, fn, args, kwargs):
     for var, value in outer.items():
         var.set(value)
     return fn(*args, **kwargs)
+
+
+class _CelerySnapshot(object):
+    """The Celery half of a snapshot: the tasks and requests, the step that pushes them, the app.
+
+    ``key`` is ``(app, *tasks, *top request of each task)``: captures share a
+    snapshot only while every one is the *same object* (compared with
+    ``is``: nobody's ``__eq__`` is called).
+    """
+
+    __slots__ = ('app', 'key', 'request', 'step', 'task')
+
+    def __init__(self, key, tasks):
+        self.key = key
+        self.app = key[0]
+        self.task = tasks[-1] if tasks else None
+        self.request = key[-1] if tasks else None
+        self.step = _stacks.plan(_sources_of(tasks)) if tasks else None
+        for request in key[1 + len(tasks) :]:
+            guard.watch(request)
+
+
+def _sources_of(tasks):
+    """The task stack, then each task's request stack once, with its top request."""
+    sources = [(_stacks.TASK_STACK, tasks)]
+    for task in tasks:
+        stack = getattr(task, 'request_stack', None)  # None on an unbound task class
+        # Once per stack, compared by identity: a task may be on the stack twice.
+        if stack is not None and not any(stack is s for s, _ in sources):
+            # Only the top request: a task without one still gets a restore point.
+            sources.append((stack, _stacks.read(stack)[-1:]))
+    return sources
+
+
+def _top_request(task):
+    stack = getattr(task, 'request_stack', None)  # None on an unbound task class
+    items = _stacks.read(stack) if stack is not None else ()
+    return items[-1] if items else None
 
 
 _EMPTY = TaskContext(_CelerySnapshot((None,), ()), None)
@@ -200,48 +171,33 @@ def capture():
     Cheap enough to call per job.  Outside any task it returns a shared empty
     snapshot, and running under it is exactly calling the function.
     """
-    if _TASK_LOCAL is not None:
-        # This thread's entry, a dict that pop() deletes with the last task.
-        # Read here, not through _stacks: every start() under install() runs it.
-        entry = _TASK_LOCAL.__storage__.get(_TASK_LOCAL.__ident_func__())
-        tasks = tuple(entry.get('stack') or ()) if entry else ()
-    else:
-        entry = None
-        tasks = _read_tasks(_TASK_STACK)
+    tasks, entry = _stacks.read_tasks()
     if not tasks:
         return _EMPTY
-    app = _APP_LOCAL.current_app
-    if len(tasks) == 1:  # the usual case, without the generator below
-        key = (app, tasks[0], _top_request(tasks[0]))
-    else:
-        key = (app,) + tasks + tuple(_top_request(task) for task in tasks)
-    if entry is not None:
-        newest = entry.get(_SNAPSHOT_KEY)
-    else:
-        newest = _newest.ref
-        newest = newest() if newest is not None else None
+    key = (_APP_LOCAL.current_app,) + tasks + tuple(map(_top_request, tasks))
     vars = copy_context() if copy_context is not None else None
+    # Consecutive captures of the same tasks, requests and app share the
+    # thread's newest snapshot, kept in its task stack entry, which Celery
+    # deletes with the last task: a loop of start()s or submit()s in a task
+    # plans the pushes once, and nothing outlives the task.
+    newest = entry.get(_NEWEST) if entry is not None else None
     if (
         newest is None
         or len(newest._celery.key) != len(key)
         or not all(map(is_, newest._celery.key, key))
     ):
-        newest = TaskContext(_new_snapshot(key, tasks), vars)
-    elif vars or newest._vars:  # equal contexts are not compared: a copy of each of its own
+        newest = TaskContext(_CelerySnapshot(key, tasks), vars)
+    elif vars or newest._vars:  # contexts are never compared: each capture its own
         newest = TaskContext(newest._celery, vars)
-    else:  # no contextvars at all (or none on 2.7): nothing tells the two apart
+    else:  # no contextvars at all (or none on 2.7): the same snapshot, whole
         return newest
     if entry is not None:
-        entry[_SNAPSHOT_KEY] = newest
-    else:
-        _newest.ref = weakref.ref(newest)
+        entry[_NEWEST] = newest
     return newest
 
 
-def _new_snapshot(key, tasks):
-    for request in key[1 + len(tasks) :]:
-        late.watch(request)
-    return _CelerySnapshot(key, tasks)
+def _same_objects(old, new):
+    return len(old) == len(new) and all(map(is_, old, new))
 
 
 def wrap(fn):
@@ -251,13 +207,15 @@ def wrap(fn):
     snapshot, concurrently if called concurrently::
 
         pool.apply_async(cct.wrap(report_progress), (step,))
+
+    The result keeps ``fn`` as ``__wrapped__`` and the snapshot as ``task_context``.
     """
     if not callable(fn):
         raise TypeError('wrap() expects a callable, got %r' % (fn,))
     context = capture()
 
     def run_in_task_context(*args, **kwargs):
-        return context.call(fn, args, kwargs)
+        return context._call(fn, args, kwargs)
 
     present = [name for name in functools.WRAPPER_ASSIGNMENTS if hasattr(fn, name)]
     functools.update_wrapper(run_in_task_context, fn, assigned=present)

@@ -1,38 +1,24 @@
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextvars import Context
 from typing import Any, Generic, TypeVar
 
-from celery import Celery, Task
+from celery import Task
 from celery.app.task import Context as Request
 from typing_extensions import ParamSpec  # typing has it from 3.10 only: users may target 3.8
 
 _P = ParamSpec('_P')
 _R = TypeVar('_R')
 
-class _CelerySnapshot:
-    app: Celery | None
-    key: tuple[Any, ...]
-    request: Request | None
-    step: tuple[Any, ...] | None
-    task: Task[Any, Any] | None
-    def __init__(self, key: tuple[Any, ...], tasks: tuple[Any, ...]) -> None: ...
-
 class TaskContext:
-    def __init__(self, celery: _CelerySnapshot, vars: Context | None) -> None: ...
+    # Private: a TaskContext comes from capture().
+    def __init__(self, celery: Any, vars: Context | None) -> None: ...
     @property
     def task(self) -> Task[Any, Any] | None: ...
     @property
     def request(self) -> Request | None: ...
     @property
     def task_id(self) -> str | None: ...
-    def run(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R: ...
-    def call(
-        self,
-        fn: Callable[..., _R],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        keep_outer: bool = False,
-    ) -> _R: ...
+    def run(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R: ...
 
 class _ContextWrapped(Generic[_P, _R]):
     task_context: TaskContext

@@ -19,9 +19,9 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import MethodType
 
-from celery_ctxthread._compat import RELEASES_WORK_ITEMS, set_exception
+from celery_ctxthread._compat import RELEASES_WORK_ITEMS, set_exception, split_fn
 from celery_ctxthread.context import _EMPTY, TaskContext, capture
-from celery_ctxthread.threads import TaskThread, inside_pool
+from celery_ctxthread.threads import TaskThread, _inside_pool
 
 
 def _unwrapped(function):
@@ -49,7 +49,7 @@ def _wrapped_by_others(submit):
     return False
 
 
-def submit_in_context(submit, args, kwargs):
+def _submit_in_context(submit, args, kwargs):
     """Call ``submit(fn, *rest, **kwargs)`` with ``fn`` wrapped in the caller's context.
 
     ``submit`` is bound to the executor, ``args`` is ``(fn, *rest)``: ``fn``
@@ -70,14 +70,14 @@ def submit_in_context(submit, args, kwargs):
     # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our job:
     # what they set for it stays set on top of the snapshot.
     keep_outer = _wrapped_by_others(submit)
-    inside_pool.active = True
+    _inside_pool.active = True
     try:
         if RELEASES_WORK_ITEMS:
             # The plain function, not a bound method: one object less per queued job.
-            return submit(TaskContext.call, context, fn, args[1:], kwargs, keep_outer)
+            return submit(TaskContext._call, context, fn, args[1:], kwargs, keep_outer)
         return submit(_OneShotJob(context, fn, args[1:], kwargs, keep_outer))
     finally:
-        inside_pool.active = False
+        _inside_pool.active = False
 
 
 class _JobInContext(object):
@@ -91,13 +91,13 @@ class _JobInContext(object):
 
     def __call__(self, *args, **kwargs):  # a pool's job, or a subclass calling it
         try:
-            return self.context.call(self.fn, args, kwargs)
+            return self.context._call(self.fn, args, kwargs)
         finally:
             self = None  # a failed job's traceback keeps this frame
 
 
 class _OneShotJob(object):
-    """One job's ``TaskContext.call`` arguments, let go of when it runs.
+    """One job's ``TaskContext._call`` arguments, let go of when it runs.
 
     Python 2.7's ``futures`` keeps a failed job's work item, and so this job,
     in the traceback the future holds; Python 3's executor lets go of it.
@@ -111,7 +111,7 @@ class _OneShotJob(object):
     def __call__(self):
         call, self.call = self.call, None
         try:
-            return TaskContext.call(*call)
+            return TaskContext._call(*call)
         finally:
             self = call = None
 
@@ -127,10 +127,8 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
     """
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
-        if not args:
-            raise TypeError('submit() needs the executor as its first argument')
-        submit = super(TaskThreadPoolExecutor, args[0]).submit
-        return submit_in_context(submit, args[1:], kwargs)
+        self, args = split_fn(args, 'submit')
+        return _submit_in_context(super(TaskThreadPoolExecutor, self).submit, args, kwargs)
 
     submit.__doc__ = ThreadPoolExecutor.submit.__doc__
 
@@ -146,8 +144,9 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
     map.__doc__ = ThreadPoolExecutor.map.__doc__
 
 
-def submit(fn, *args, **kwargs):
+def submit(*args, **kwargs):  # (fn, /, *args, **kwargs)
     """Run ``fn(*args, **kwargs)`` in a new :class:`TaskThread`; return its Future."""
+    fn, args = split_fn(args, 'submit')
     future = Future()
     TaskThread(target=_run_into, args=(future, fn, args, kwargs)).start()
     return future

@@ -1,5 +1,5 @@
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -7,10 +7,6 @@ from typing_extensions import ParamSpec  # typing has it from 3.10 only: users m
 
 _P = ParamSpec('_P')
 _R = TypeVar('_R')
-
-def submit_in_context(
-    submit: Callable[..., Future[_R]], args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> Future[_R]: ...
 
 class TaskThreadPoolExecutor(ThreadPoolExecutor):
     if sys.version_info >= (3, 9):  # as the stdlib's: fn is positional-only from 3.9
@@ -26,4 +22,4 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
         self, fn: Callable[..., _R], *iterables: Iterable[Any], **kwargs: Any
     ) -> Iterator[_R]: ...
 
-def submit(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]: ...
+def submit(fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]: ...

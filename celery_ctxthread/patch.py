@@ -36,15 +36,15 @@ import multiprocessing.queues
 import threading
 
 from celery_ctxthread import _patching
-from celery_ctxthread._compat import TimerBase
+from celery_ctxthread._compat import TimerBase, split_fn
 from celery_ctxthread._patching import bound
 from celery_ctxthread.context import _EMPTY, capture
-from celery_ctxthread.futures import _JobInContext, _passing_submits, submit_in_context
-from celery_ctxthread.threads import inside_pool, start_in_context
+from celery_ctxthread.futures import _JobInContext, _passing_submits, _submit_in_context
+from celery_ctxthread.threads import _inside_pool, _start_in_context
 
 _ThreadPool = multiprocessing.pool.ThreadPool
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 _enabled = False
 _applied = []  # the MethodPatch objects of the current install()
@@ -55,7 +55,7 @@ def _propagating_start(original):
     def start(self):
         if not _enabled:
             return bound(original, self)()
-        return start_in_context(self, bound(original, self))
+        return _start_in_context(self, bound(original, self))
 
     start.__wrapped__ = original  # Python 2.7's functools.wraps does not set it
     return start
@@ -64,12 +64,11 @@ def _propagating_start(original):
 def _propagating_submit(original):
     @functools.wraps(original)
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), as the stdlib's
-        if not args:
-            raise TypeError('submit() needs the executor as its first argument')
-        method = bound(original, args[0])
-        if not _enabled or inside_pool.active:  # off, or a job our executor already wrapped
-            return method(*args[1:], **kwargs)
-        return submit_in_context(method, args[1:], kwargs)
+        self, args = split_fn(args, 'submit')
+        method = bound(original, self)
+        if not _enabled or _inside_pool.active:  # off, or a job our executor already wrapped
+            return method(*args, **kwargs)
+        return _submit_in_context(method, args, kwargs)
 
     submit.__wrapped__ = original
     _passing_submits[id(submit)] = submit
@@ -96,13 +95,13 @@ def _starting_pool_threads(original):
 
     @functools.wraps(original)
     def method(self, *args, **kwargs):
-        if not _enabled or inside_pool.active:
+        if not _enabled or _inside_pool.active:
             return bound(original, self)(*args, **kwargs)
-        inside_pool.active = True
+        _inside_pool.active = True
         try:
             return bound(original, self)(*args, **kwargs)
         finally:
-            inside_pool.active = False
+            _inside_pool.active = False
 
     method.__wrapped__ = original
     return method
@@ -155,7 +154,7 @@ def uninstall():
         for patch in reversed(_applied):
             owner, name = patch.owner.__name__, patch.name
             if not patch.restore():
-                logger.debug(
+                _logger.debug(
                     'celery_ctxthread: %s.%s was wrapped again after install(); ours stays '
                     'under that wrapper and passes everything straight through',
                     owner,

@@ -34,7 +34,7 @@ class _InsidePool(threading.local):
     active = False
 
 
-inside_pool = _InsidePool()
+_inside_pool = _InsidePool()
 
 
 def opt_out(thread):
@@ -72,7 +72,7 @@ class _RunInContext(object):
         self.context = self.run = None
         if run is not None:
             # Whatever wrappers around us set (Sentry's forked scopes) stays set.
-            return context.call(run, (), {}, True)
+            return context._call(run, (), {}, True)
 
     @property
     def __func__(self):
@@ -82,7 +82,7 @@ class _RunInContext(object):
         return self()
 
 
-def start_in_context(thread, start):
+def _start_in_context(thread, start):
     """Call ``start()`` so that ``thread.run()`` runs in the caller's task context.
 
     ``start`` is the thread's real start (bound).  Does nothing extra outside a
@@ -91,7 +91,7 @@ def start_in_context(thread, start):
     """
     context = capture()  # first: outside a task nothing else is looked at
     run = thread.run
-    if context is _EMPTY or type(run) is _RunInContext or inside_pool.active:
+    if context is _EMPTY or type(run) is _RunInContext or _inside_pool.active:
         return start()
     thread.run = _RunInContext(context, run)
     try:
@@ -106,7 +106,7 @@ def start_in_context(thread, start):
 
 class _StartsInTaskContext(object):
     def start(self):
-        return start_in_context(self, super(_StartsInTaskContext, self).start)
+        return _start_in_context(self, super(_StartsInTaskContext, self).start)
 
 
 class TaskThread(_StartsInTaskContext, threading.Thread):

@@ -42,7 +42,7 @@ def _from_environment():
     return value.strip().lower() in _TRUE
 
 
-def wanted(app):
+def install_requested(app):
     """Return True when the environment or ``app.conf`` asks for the switch."""
     value = _from_environment()
     if value is not None:
@@ -50,14 +50,14 @@ def wanted(app):
     return bool(app is not None and app.conf.get(SETTING, False))
 
 
-def _install_if_wanted(sender=None, **kwargs):
+def _install_if_requested(sender=None, **kwargs):
     app = getattr(sender, 'app', None)
     if app is None:  # worker_process_init has no sender
         from celery import current_app as app
-    if wanted(app):
+    if install_requested(app):
         install()
 
 
 _from_environment()  # at import: a typo stops the worker here, with this error
-worker_init.connect(_install_if_wanted, weak=False, dispatch_uid=__name__ + '.worker_init')
-worker_process_init.connect(_install_if_wanted, weak=False, dispatch_uid=__name__ + '.process')
+worker_init.connect(_install_if_requested, weak=False, dispatch_uid=__name__ + '.worker_init')
+worker_process_init.connect(_install_if_requested, weak=False, dispatch_uid=__name__ + '.process')

@@ -189,9 +189,9 @@ def test_worker_switch_installs_from_the_setting(no_install, monkeypatch):
 def test_worker_switch_environment_wins(monkeypatch):
     example = load('worker_switch')
     monkeypatch.setenv(cct.worker.ENVIRONMENT_VARIABLE, '0')
-    assert not cct.worker.wanted(example.app)
+    assert not cct.worker.install_requested(example.app)
     monkeypatch.setenv(cct.worker.ENVIRONMENT_VARIABLE, '1')
-    assert cct.worker.wanted(celery.Celery('other', set_as_current=False))
+    assert cct.worker.install_requested(celery.Celery('other', set_as_current=False))
 
 
 def test_eager_mode_example_passes():
@@ -378,7 +378,7 @@ NOT_RUN_AS_SHOWN = {
 # Lines of literal blocks that are not Python.
 NOT_PYTHON = (
     'CELERY_CTXTHREAD_INSTALL=1 celery',  # shell: test_worker_switch_environment_wins
-    'celery_ctxthread.late: task ',  # log output: tests/test_late_and_switch.py
+    'celery_ctxthread.guard: task ',  # log output: tests/test_late_and_switch.py
     'from thread ',
 )
 

@@ -32,7 +32,7 @@ from tests.servers import CeleryWorker, ServerError
 from tests.tasks_inprocess import in_thread, probe, run_bounded, running
 
 WAIT = 10
-LATE_LOGGER = 'celery_ctxthread.late'
+LATE_LOGGER = 'celery_ctxthread.guard'
 
 app = Celery('cct_late', broker='memory://', backend='cache+memory://', set_as_current=False)
 # task_always_eager stays off: these tasks run through a worker's tracer.
@@ -482,13 +482,13 @@ def test_switch_reads_the_environment_first_then_the_setting(
     configured = Celery('cct_switch', set_as_current=False)
     if setting is not None:
         configured.conf[worker.SETTING] = setting
-    assert worker.wanted(configured) is expected
+    assert worker.install_requested(configured) is expected
 
 
 def test_switch_rejects_a_value_it_cannot_read(monkeypatch):
     monkeypatch.setenv(worker.ENVIRONMENT_VARIABLE, 'maybe')
     with pytest.raises(ValueError, match='CELERY_CTXTHREAD_INSTALL'):
-        worker.wanted(None)
+        worker.install_requested(None)
 
 
 def _environment_with(value):

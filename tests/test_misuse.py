@@ -378,36 +378,37 @@ def test_a_snapshot_run_after_its_task_ended_still_sees_that_request():
 # -- a keyword argument named fn ------------------------------------------------
 
 
-def test_run_with_a_keyword_named_fn_clashes_use_call_or_wrap():
-    """Documented: ``run(fn, *args, **kwargs)`` takes ``fn`` itself, so a target's own
-    ``fn=`` keyword clashes; ``call`` and ``wrap`` pass it through."""
+def keyword_named_fn(fn=None):
+    return fn, observe()['current_id']
 
-    def target(fn=None):
-        return fn, observe()['current_id']
 
+def test_a_target_s_own_fn_keyword_reaches_it_through_every_entry_point():
+    """One convention: the callable is positional-only, as in ``Context.run`` and
+    ``Executor.submit``, so a target's own ``fn=`` keyword always reaches it."""
     with running(probe, 'abc'):
         context = cct.capture()
-    for snapshot in (context, cct.capture()):  # a full one and the empty one
-        with pytest.raises(TypeError, match='fn'):
-            snapshot.run(target, fn='mine')
-    assert in_thread(context.call, target, (), {'fn': 'mine'}) == ('mine', 'abc')
-    with running(probe, 'abc'):
-        wrapped = cct.wrap(target)
+        wrapped = cct.wrap(keyword_named_fn)
+        submitted = cct.submit(keyword_named_fn, fn='mine')
+        with cct.TaskThreadPoolExecutor(1) as pool:
+            assert pool.submit(keyword_named_fn, fn='mine').result(WAIT) == ('mine', 'abc')
+    assert submitted.result(WAIT) == ('mine', 'abc')
+    assert in_thread(lambda: context.run(keyword_named_fn, fn='mine')) == ('mine', 'abc')
+    assert cct.capture().run(keyword_named_fn, fn='mine') == ('mine', None)  # the empty one
     assert in_thread(lambda: wrapped(fn='mine')) == ('mine', 'abc')
 
 
-def test_module_submit_with_a_keyword_named_fn_clashes_unlike_the_executor():
-    """Pinned: ``cct.submit(fn, *args, **kwargs)`` takes ``fn`` itself, while
-    ``TaskThreadPoolExecutor.submit`` (like the stdlib's, 3.9+) passes ``fn=`` on."""
-
-    def target(fn=None):
-        return fn
-
-    with running(probe, 'abc'):
-        with pytest.raises(TypeError, match='fn'):
-            cct.submit(target, fn='mine')
-        with cct.TaskThreadPoolExecutor(1) as pool:
-            assert pool.submit(target, fn='mine').result(WAIT) == 'mine'
+@pytest.mark.parametrize(
+    'call',
+    [
+        lambda: cct.submit(),
+        lambda: cct.capture().run(),
+        lambda: cct.TaskThreadPoolExecutor(1).submit(),
+    ],
+    ids=['submit', 'run', 'executor-submit'],
+)
+def test_an_entry_point_called_without_a_callable_raises_typeerror(call):
+    with pytest.raises(TypeError):
+        call()
 
 
 # -- opt_out, double start, failed start ----------------------------------------

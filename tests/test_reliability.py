@@ -63,7 +63,7 @@ def read_json(path, timeout=FILE_TIMEOUT):
 
 
 def warning_lines(worker, task_id):
-    needle = 'celery_ctxthread.late: task %s ended' % task_id
+    needle = 'celery_ctxthread.guard: task %s ended' % task_id
     return [line for line in worker.log_text().splitlines() if needle in line]
 
 

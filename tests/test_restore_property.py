@@ -153,7 +153,7 @@ class Snapshot(object):
         if self.wrapped is not None:
             return self.wrapped(fn)
         if via == 'call':
-            return self.context.call(fn, (), {})
+            return self.context._call(fn, (), {})
         return self.context.run(fn)
 
 
@@ -550,5 +550,5 @@ def test_the_property_holds_with_use_fast_locals():
 
 def test_the_stack_flavour_follows_use_fast_locals():
     fast = bool(os.environ.get('USE_FAST_LOCALS'))
-    expected = _stacks.ThreadLocalListAccess if fast else _stacks.IdentDictAccess
-    assert _stacks.access_for(_state._task_stack) is expected
+    expected = _stacks._ListStack if fast else _stacks._IdentDictStacks
+    assert type(_stacks.plan([(_state._task_stack, ())])) is expected

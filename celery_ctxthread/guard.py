@@ -6,7 +6,7 @@ warning per thread, when it comes from *any thread other than the task's own*,
 or from any thread at all once the task has returned (``task_postrun``: a
 ``wrap()``\ ped callback run later by another task on the same thread)::
 
-    celery_ctxthread.late: task 3f2a9c1e-... ended; ignored update_state('PROGRESS')
+    celery_ctxthread.guard: task 3f2a9c1e-... ended; ignored update_state('PROGRESS')
     from thread 'Thread-7' that outlived it
 
 Nothing else is held back: the task's own thread (``on_success``,
@@ -47,7 +47,7 @@ from celery.signals import task_postrun
 
 from celery_ctxthread import _patching
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 # Captured requests -> their _Watch.  Kept off the request itself: Celery 5.5+
 # copies a request's __dict__ into nested requests and their message headers.
@@ -172,8 +172,8 @@ def _warn_once(watched, request, state):
         if thread.ident in watched.warned:
             return
         watched.warned.add(thread.ident)
-    logger.warning(
-        'celery_ctxthread.late: task %s ended; ignored update_state(%r) '
+    _logger.warning(
+        'celery_ctxthread.guard: task %s ended; ignored update_state(%r) '
         'from thread %r that outlived it',
         request.id,
         state,
