@@ -94,15 +94,20 @@ class _IdentDictStacks(object):
                 storage[ident] = {'stack': items[:]}
             else:
                 storage[ident] = {'stack': (entry.get('stack') or []) + items}
-        return ident, saved
+        saved.append(ident)  # the token: the entries replaced, then the ident
+        return saved
 
-    def restore(self, token):
-        ident, saved = token
-        for (storage, _), entry in reversed(list(zip(self.parts, saved))):
+    def restore(self, saved):
+        ident = saved.pop()
+        parts = self.parts
+        index = len(saved)
+        while index:  # last pushed, first restored
+            index -= 1
+            entry = saved[index]
             if entry is None:  # the thread had no entry: release it, as pop() would
-                storage.pop(ident, None)
+                parts[index][0].pop(ident, None)
             else:
-                storage[ident] = entry
+                parts[index][0][ident] = entry
 
 
 class _ListStack(object):
