@@ -18,11 +18,10 @@ is dropped.
 
 "Stored" is decided where Celery's tracer stores it: the backend's
 ``mark_as_done``, ``mark_as_failure`` and ``mark_as_revoked``, called with the
-task's request.  The request is marked just *before* the store, so a client
-that sees the final state never sees a straggler's update after it.  Without
-the guard, Redis and the database backend let a straggler turn a stored
-FAILURE or REVOKED back into PROGRESS, and an rpc client may see PROGRESS
-after SUCCESS.
+task's request.  The request is marked just *before* the store, so every
+update checked after that is dropped.  Without the guard, Redis and the
+database backend let a straggler turn a stored FAILURE or REVOKED back into
+PROGRESS, and an rpc client may see PROGRESS after SUCCESS.
 
 The same bookkeeping refuses ``self.retry()`` from a propagated thread: Celery
 would publish the retry and the task would carry on, so it would run twice.

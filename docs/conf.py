@@ -1,6 +1,10 @@
 """Sphinx configuration: build with ``sphinx-build -W --keep-going -b html docs docs/_build/html``.
 
-No network access: only ``sphinx.ext.autodoc``, no intersphinx.
+``pip install -r docs/requirements.txt`` is all the build needs, and it needs
+no network: autodoc imports the package from this checkout, and intersphinx
+reads the Python and Celery inventories committed under ``docs/_inventories/``
+(see the README there), so a missing network cannot turn into a warning, and
+``-W`` into a failed build.
 """
 
 import io
@@ -19,7 +23,7 @@ author = 'the celery-ctxthread authors'
 copyright = '2026, ' + author
 version = release = celery_ctxthread.__version__
 
-extensions = ['sphinx.ext.autodoc']
+extensions = ['sphinx.ext.autodoc', 'sphinx.ext.intersphinx']
 exclude_patterns = ['_build', 'examples']
 root_doc = master_doc = 'index'
 pygments_style = 'sphinx'
@@ -34,6 +38,15 @@ html_theme_options = {
     'fixed_sidebar': True,
 }
 html_static_path = []
+
+# -- intersphinx --------------------------------------------------------------
+# Local inventories only: the links point at the published docs, the objects
+# they name are read from files in this repository (docs/_inventories/README).
+INVENTORIES = os.path.join(DOCS, '_inventories')
+intersphinx_mapping = {
+    'python': ('https://docs.python.org/3/', os.path.join(INVENTORIES, 'python.inv')),
+    'celery': ('https://docs.celeryq.dev/en/stable/', os.path.join(INVENTORIES, 'celery.inv')),
+}
 
 # -- :test:`name` ------------------------------------------------------------
 # Names a test under tests/ that produces what the page claims.  The build
@@ -81,3 +94,8 @@ def test_role(name, rawtext, text, lineno, inliner, options=None, content=None):
 
 def setup(app):
     app.add_role('test', test_role)
+    # Celery documents its settings and signals as these object types:
+    # :setting:`result_extended` and :signal:`task_postrun` resolve through
+    # the Celery inventory.
+    app.add_crossref_type('setting', 'setting', indextemplate='pair: %s; setting')
+    app.add_crossref_type('signal', 'signal', indextemplate='pair: %s; signal')

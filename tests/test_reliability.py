@@ -419,3 +419,31 @@ def test_warm_shutdown_with_a_lingering_non_daemon_thread(dedicated_worker, tmpd
     else:
         assert not exited, 'the threads pool no longer waits for non-daemon threads'
         assert 'Warm shutdown' in worker.log_text() or 'warm shutdown' in worker.log_text()
+
+
+@pytest.mark.skipif('solo' not in POOLS, reason='no solo pool in this cell')
+def test_warm_shutdown_on_the_solo_pool_waits_for_a_lingering_non_daemon_thread(
+    dedicated_worker, tmpdir
+):
+    """solo: the task runs in the worker's main process, as on the threads
+    pool, and Python joins non-daemon threads at exit: a warm shutdown waits
+    for the thread, and the worker exits as soon as the thread ends."""
+    worker = dedicated_worker('redis', 'solo', 'shutdown', concurrency=1)
+    stop_file = os.path.join(str(tmpdir), 'stop-lingering')
+    result = worker.client.send_task(LEAVE_THREAD, args=[stop_file, LINGER])
+    info = result.get(timeout=RESULT_TIMEOUT)
+    assert info['pid'] == worker.main_pid, 'solo runs the task in the main process'
+    started = time.time()
+    os.kill(worker.main_pid, signal.SIGTERM)  # the main process only, as an init system would
+    exited = wait_until(lambda: not worker.process.alive(), SHUTDOWN_BOUND, interval=0.1)
+    took = time.time() - started
+    warm = 'Warm shutdown' in worker.log_text() or 'warm shutdown' in worker.log_text()
+    touch(stop_file)  # let the thread end: the worker, if still waiting, exits now
+    exited_after_release = wait_until(lambda: not worker.process.alive(), 15.0, interval=0.1)
+    print(
+        '\nwarm shutdown solo: exited within %ss: %s (%.1fs); after the thread ended: %s'
+        % (SHUTDOWN_BOUND, exited, took, exited_after_release)
+    )
+    assert warm, worker.log_text()[-3000:]
+    assert not exited, 'the solo pool no longer waits for non-daemon threads'
+    assert exited_after_release, worker.log_text()[-3000:]
