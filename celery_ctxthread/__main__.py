@@ -20,7 +20,7 @@ def build_parser():
         'with update_state: first with threading.Thread (the client sees '
         'nothing), then with cct.TaskThread and cct.TaskThreadPoolExecutor.',
     )
-    from celery_ctxthread._demo import add_arguments
+    from celery_ctxthread._demo._cli import add_arguments
 
     add_arguments(demo)
     return parser
@@ -33,7 +33,7 @@ def main(argv=None):
     if args.command != 'demo':  # Python 3 subparsers are optional: say what to run
         parser.print_help()
         return 2
-    from celery_ctxthread._demo import main as run_demo
+    from celery_ctxthread._demo._cli import main as run_demo
 
     return run_demo(args)
 

@@ -1,20 +1,24 @@
 """Start and stop real servers (Redis, RabbitMQ) and Celery workers for tests.
 
 Everything listens on 127.0.0.1 on free ports and keeps its files in a
-temporary directory.  Every wait is bounded.  Python 2.7 compatible.
+temporary directory.  Every wait is bounded.  Python 2.7 compatible.  The
+process control (:class:`ManagedProcess`, :class:`CeleryWorker`, ``wait_until``)
+is the demo's: ``celery_ctxthread._demo._process``.
 """
 
 from __future__ import absolute_import, print_function
 
-import atexit
 import glob
-import io
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
+
+from celery_ctxthread._demo import _process
+from celery_ctxthread._demo._process import ManagedProcess
+
+# What the fixtures and the tests take from here.
+CeleryWorker = _process.CeleryWorker
+ServerError = _process.StartError
+wait_until = _process.wait_until
 
 LOOPBACK = '127.0.0.1'
 
@@ -38,21 +42,6 @@ FALLBACK_GLOBS = {
         '/usr/local/lib/erlang/erts-*/bin/epmd',
     )
 }
-
-
-# Processes started here and not yet stopped: stopped at interpreter exit
-# if a fixture's teardown never ran.
-_LIVE = []
-
-
-@atexit.register
-def stop_leftovers():
-    for process in list(_LIVE):
-        process.stop(grace=5.0)
-
-
-class ServerError(RuntimeError):
-    """A server or worker did not start."""
 
 
 def _is_executable(path):
@@ -88,112 +77,10 @@ def free_port():
         sock.close()
 
 
-def wait_until(predicate, timeout, interval=0.05):
-    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass."""
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value or time.time() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def read_text(path):
-    if not os.path.exists(path):
-        return ''
-    with io.open(path, encoding='utf-8', errors='replace') as handle:
-        return handle.read()
-
-
 def _makedirs(path):
     if not os.path.isdir(path):
         os.makedirs(path)
     return path
-
-
-def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _signal_group(pgid, signum):
-    try:
-        os.killpg(pgid, signum)
-    except OSError:
-        pass
-
-
-class ManagedProcess(object):
-    """A subprocess in its own process group, output appended to a log file."""
-
-    def __init__(self, name, argv, log_path, env=None, cwd=None):
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, 'ab')
-        self._devnull = open(os.devnull, 'rb')
-        kwargs = {
-            'stdin': self._devnull,
-            'stdout': self._log,
-            'stderr': subprocess.STDOUT,
-            'env': env,
-            'cwd': cwd,
-        }
-        if sys.version_info >= (3, 2):
-            kwargs['start_new_session'] = True
-        else:
-            kwargs['preexec_fn'] = os.setsid
-        self.proc = subprocess.Popen(argv, **kwargs)
-        self.pgid = self.proc.pid
-        _LIVE.append(self)
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def log_text(self):
-        return read_text(self.log_path)
-
-    def log_tail(self, chars=4000):
-        return self.log_text()[-chars:]
-
-    def _gone(self):
-        self.proc.poll()
-        return not self.alive() and not _group_alive(self.pgid)
-
-    def terminate(self):
-        """SIGTERM the whole group without waiting (see ``stop``)."""
-        _signal_group(self.pgid, signal.SIGTERM)
-
-    def stop(self, grace=10.0):
-        """SIGTERM the whole group, then SIGKILL what is left after ``grace``."""
-        self.terminate()
-        if not wait_until(self._gone, grace):
-            _signal_group(self.pgid, signal.SIGKILL)
-            wait_until(self._gone, 5.0)
-        if self in _LIVE:
-            _LIVE.remove(self)
-        self._log.close()
-        self._devnull.close()
-
-    def wait_ready(self, predicate, timeout, what):
-        """Wait for ``predicate``; raise with the log tail on death/timeout."""
-
-        def check():
-            return predicate() or not self.alive()
-
-        wait_until(check, timeout, interval=0.1)
-        if self.alive() and predicate():
-            return
-        state = (
-            'exited with %r' % self.proc.poll()
-            if not self.alive()
-            else 'not ready after %ss' % timeout
-        )
-        self.stop()
-        raise ServerError('%s %s (%s); log tail:\n%s' % (self.name, state, what, self.log_tail()))
 
 
 def _start_with_retries(start, attempts=3):
@@ -357,63 +244,3 @@ class RabbitServer(object):
 
 def start_rabbitmq(binary, epmd_binary, base_dir):
     return _start_with_retries(lambda: RabbitServer(binary, epmd_binary, base_dir))
-
-
-# ------------------------------------------------------- Celery worker
-
-
-class CeleryWorker(object):
-    """``python -m celery -A <app> worker`` in its own process group.
-
-    ``env`` carries the worker app's configuration (see integration_tasks).
-    Readiness is the worker's own "ready." log line.
-    """
-
-    def __init__(self, app_module, app_dir, name, pool, env, log_dir, concurrency=4, timeout=60.0):
-        self.name = name
-        self.pool = pool
-        self.log_path = os.path.join(log_dir, 'worker-%s.log' % name)
-        argv = [
-            sys.executable,
-            '-m',
-            'celery',
-            '-A',
-            app_module,
-            'worker',
-            '-P',
-            pool,
-            '-c',
-            str(concurrency),
-            '-l',
-            'INFO',
-            '-f',
-            self.log_path,
-            '-n',
-            '%s-%d@localhost' % (name, os.getpid()),
-            '--without-gossip',
-            '--without-mingle',
-            '--without-heartbeat',
-        ]
-        self.process = ManagedProcess(
-            'celery worker %s' % name,
-            argv,
-            os.path.join(log_dir, 'worker-%s.out' % name),
-            env=env,
-            cwd=app_dir,
-        )
-        self.process.wait_ready(self._ready, timeout, 'log line "ready."')
-
-    def _ready(self):
-        return ' ready.' in self.log_text()
-
-    def log_text(self):
-        return read_text(self.log_path) + self.process.log_text()
-
-    def alive(self):
-        return self.process.alive()
-
-    def terminate(self):
-        self.process.terminate()
-
-    def stop(self):
-        self.process.stop(grace=15.0)

@@ -1,6 +1,10 @@
 """``python -m celery_ctxthread demo``, run as a user would: a subprocess, on the
 embedded broker and backend (no server needed).  Every wait is bounded.
 
+Importing the package, its ``__main__`` or the demo's client does nothing: no
+app, no signal receiver, no change to ``os.environ`` (checked in a fresh
+interpreter); only the module the demo's worker imports builds an app.
+
 The embedded default must never fail: the worker path (the demo's own broker,
 backend and worker) also runs many tasks in a row here, with a publisher that
 stalls between creating a message file and filling it, the way a loaded machine
@@ -9,6 +13,7 @@ can stall it, and kombu's own filesystem transport fails that same run.
 
 from __future__ import absolute_import, print_function
 
+import json
 import os
 import re
 import shutil
@@ -21,25 +26,13 @@ import threading
 import time
 
 import pytest
+from celery import Celery, _state
 from kombu.transport import filesystem
 
-from celery_ctxthread import _demo
 from celery_ctxthread.__main__ import build_parser
+from celery_ctxthread._demo import _app as demo_app
+from celery_ctxthread._demo import _cli as cli
 
-
-def _import_demo_tasks():
-    # Its module-level Celery app makes itself the current app: not for the other tests.
-    from celery import _state
-
-    previous_app = _state._tls.current_app
-    try:
-        from celery_ctxthread import _demo_tasks
-    finally:
-        _state._tls.current_app = previous_app
-    return _demo_tasks
-
-
-_demo_tasks = _import_demo_tasks()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = [sys.executable, '-m', 'celery_ctxthread', 'demo']
 FAST = ['--threads', '3', '--steps', '4', '--delay', '0.05']
@@ -230,22 +223,22 @@ class DemoPath(object):
     """The demo's own client app, embedded broker and backend, and worker."""
 
     def __init__(self, workdir):
-        self.urls = _demo.Urls(build_parser().parse_args(['demo']), workdir)
+        self.urls = cli.Urls(build_parser().parse_args(['demo']), workdir)
         self.app = self.urls.make_app()
-        self.worker = _demo.Worker(self.urls, workdir)
+        self.worker = cli.Worker(self.urls, workdir)
 
     def start(self):
-        _demo.check_connections(self.app, self.urls)
+        cli.check_connections(self.app, self.urls)
         self.worker.start()
 
     def run_task(self, timeout=60.0):
         """Send one short task as the demo does; return (state, info). DemoError if
         the worker dies."""
         result = self.app.send_task(
-            _demo.TASK_NAME, args=('task_thread', 2, 1, 0.0), kwargs={'linger': 0.0}
+            demo_app.TASK_NAME, args=('task_thread', 2, 1, 0.0), kwargs={'linger': 0.0}
         )
         deadline = time.time() + timeout
-        while result.state not in _demo.READY_STATES:
+        while result.state not in cli.READY_STATES:
             self.worker.check_alive()
             assert time.time() < deadline, 'no result in %ds: %s' % (
                 timeout,
@@ -261,7 +254,7 @@ class DemoPath(object):
         for done in range(count):
             try:
                 state, info = self.run_task()
-            except _demo.DemoError as exc:
+            except cli.DemoError as exc:
                 return done, str(exc)
             complete = state == 'SUCCESS' and info['worker_steps'] == {'t1': 1, 't2': 1}
             if not complete or info['errors']:
@@ -269,29 +262,31 @@ class DemoPath(object):
         return count, None
 
 
+def _environ():
+    return {k: v for k, v in os.environ.items() if k != 'PYTEST_CURRENT_TEST'}
+
+
 @pytest.fixture
 def demo_path():
-    from celery import _state
-
-    saved_environ, previous_app = dict(os.environ), _state._tls.current_app
+    saved_environ, previous_app = _environ(), _state._tls.current_app
     workdir = tempfile.mkdtemp(prefix='cct-demo-test-')
     path = None
     try:
-        path = DemoPath(workdir)  # make_app() sets os.environ and the current app
+        path = DemoPath(workdir)
         yield path
     finally:
         if path is not None:
-            path.worker.stop(_demo.QUICK_STOP_TIMEOUT)
-        os.environ.clear()
-        os.environ.update(saved_environ)
-        _state._tls.current_app = previous_app
+            path.worker.stop(cli.QUICK_STOP_TIMEOUT)
         shutil.rmtree(workdir, ignore_errors=True)
+    # The worker gets its configuration in its own environment, not in ours.
+    assert _environ() == saved_environ
+    assert _state._tls.current_app is previous_app
 
 
 def _stall_message_writes(monkeypatch, path):
     # Both the demo's channel and kombu's own write through their module's open().
     stalled = stalling_open(path.urls.queue_dir)
-    monkeypatch.setattr(_demo_tasks, 'open', stalled, raising=False)
+    monkeypatch.setattr(demo_app, 'open', stalled, raising=False)
     monkeypatch.setattr(filesystem, 'open', stalled, raising=False)
 
 
@@ -300,7 +295,7 @@ def test_embedded_default_runs_many_tasks_in_a_row_with_a_stalled_publisher(demo
     demo_path.start()
     done, failure = demo_path.run_tasks(RUNS_IN_A_ROW)
     assert (done, failure) == (RUNS_IN_A_ROW, None)
-    assert demo_path.worker.stop(_demo.STOP_TIMEOUT) == 'warm shutdown, exit code 0'
+    assert demo_path.worker.stop(cli.STOP_TIMEOUT) == 'warm shutdown, exit code 0'
 
 
 def test_kombu_filesystem_transport_fails_that_run(demo_path, monkeypatch):
@@ -356,20 +351,15 @@ def _store_from_four_threads(backend, seconds):
 
 
 def _file_backend(cls, folder, stall):
-    from celery import Celery, _state
-
-    previous_app = _state._tls.current_app
-    try:
-        app = Celery('cct-demo-backend-check', backend=_demo_tasks.file_url(folder))
-    finally:
-        _state._tls.current_app = previous_app
+    url = demo_app.file_url(folder)
+    app = Celery('cct-demo-backend-check', backend=url, set_as_current=False)
     opener = stalling_open(folder) if stall else open
-    return cls(app=app, url=_demo_tasks.file_url(folder), open=opener)
+    return cls(app=app, url=url, open=opener)
 
 
 @pytest.mark.parametrize('stall', [False, True], ids=['full-speed', 'stalled-writes'])
 def test_embedded_backend_keeps_results_whole_under_four_writers(tmpdir, stall):
-    backend = _file_backend(_demo_tasks.AtomicFilesystemBackend, str(tmpdir), stall)
+    backend = _file_backend(demo_app.AtomicFilesystemBackend, str(tmpdir), stall)
     assert _store_from_four_threads(backend, seconds=1.5) == []
     assert [name for name in os.listdir(str(tmpdir)) if name.startswith('.tmp-')] == []
 
@@ -388,3 +378,90 @@ def test_help(args):
         [sys.executable, '-m', 'celery_ctxthread'] + args, cwd=ROOT, env=_env()
     )
     assert b'usage:' in output
+
+
+# ------------------------------------------------- nothing happens at import
+
+# Run in a fresh interpreter: imports the modules named in argv, prints what changed.
+IMPORT_EFFECTS = r"""
+import json, os, signal, sys, threading, weakref
+import celery.signals
+from celery import _state
+from celery.utils.dispatch import Signal
+
+def receivers():
+    found = set()
+    for name in sorted(dir(celery.signals)):
+        sig = getattr(celery.signals, name)
+        if not isinstance(sig, Signal):
+            continue
+        for _, receiver in sig.receivers:
+            if isinstance(receiver, weakref.ReferenceType):
+                receiver = receiver()
+            where = getattr(receiver, '__module__', '?'), getattr(receiver, '__name__', '?')
+            found.add('%s: %s.%s' % ((name,) + where))
+    return found
+
+def state():
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    return (dict(os.environ), list(_state._apps), _state._tls.current_app,
+            _state.default_app, handlers, threading.active_count(), receivers())
+
+environ, apps, current, default, handlers, threads, connected = state()
+for name in sys.argv[1:]:
+    __import__(name)
+environ2, apps2, current2, default2, handlers2, threads2, connected2 = state()
+print(json.dumps({
+    'environ': sorted(k for k in set(environ) | set(environ2) if environ.get(k) != environ2.get(k)),
+    'new_apps': sorted(app.main for app in apps2 if app not in apps),
+    'current_app_changed': current2 is not current or default2 is not default,
+    'signal_handlers_changed': handlers2 != handlers,
+    'new_threads': threads2 - threads,
+    'new_receivers': sorted(connected2 - connected),
+}))
+"""
+# The library's own receivers: the worker-wide switch, and the late-update guard.
+LIBRARY_RECEIVERS = {
+    'worker_init: celery_ctxthread.worker._install_if_requested',
+    'worker_process_init: celery_ctxthread.worker._install_if_requested',
+    'task_postrun: celery_ctxthread.guard._mark_ended',
+}
+
+
+def import_effects(*modules):
+    """What importing ``modules`` changed, in a fresh interpreter."""
+    env = _env()
+    for name in [name for name in env if name.startswith(('CCT_', 'CELERY_'))]:
+        del env[name]
+    command = [sys.executable, '-c', IMPORT_EFFECTS] + list(modules)
+    output = subprocess.check_output(command, cwd=ROOT, env=env)
+    return json.loads(output.decode('utf-8').strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    'modules',
+    [
+        ['celery_ctxthread', 'celery_ctxthread.__main__'],
+        ['celery_ctxthread._demo', 'celery_ctxthread._demo._cli'],  # all the demo's client uses
+    ],
+)
+def test_importing_the_package_or_the_demo_does_nothing(modules):
+    effects = import_effects(*modules)
+    new_receivers = effects.pop('new_receivers')
+    assert effects == {
+        'environ': [],
+        'new_apps': [],
+        'current_app_changed': False,
+        'signal_handlers_changed': False,
+        'new_threads': 0,
+    }
+    assert set(new_receivers) <= LIBRARY_RECEIVERS, new_receivers
+    assert 'worker_init: celery_ctxthread.worker._install_if_requested' in new_receivers
+
+
+def test_the_import_check_sees_the_demo_workers_module_build_its_app():
+    """The control: the module the demo's worker imports (``-A``) does build an app."""
+    effects = import_effects('celery_ctxthread._demo._tasks')
+    assert effects['new_apps'] == ['celery_ctxthread_demo']
+    assert effects['current_app_changed'] is True
+    assert 'worker_init: celery_ctxthread._demo._tasks._watch_parent' in effects['new_receivers']

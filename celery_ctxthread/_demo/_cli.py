@@ -10,7 +10,11 @@ With no options it needs no server: kombu's filesystem transport is the broker
 and Celery's ``file://`` backend stores the results, both in a temporary folder
 and both writing each file under a temporary name and renaming it into place,
 so that neither the worker nor the client ever reads a file half written (see
-``_demo_tasks``).
+``_app``).
+
+Here: the options, the checks of the broker and the backend, the worker (its
+process control is shared with the tests: ``_process``) and the run loop; the
+drawing is in ``_display``.  Nothing happens at import.
 """
 
 from __future__ import absolute_import, print_function
@@ -21,20 +25,30 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-TASK_NAME = 'celery_ctxthread_demo.report_progress'
+import celery
+
+from celery_ctxthread._demo import _app as demo_app
+from celery_ctxthread._demo._display import (
+    READY_STATES,
+    REFRESH,
+    LiveDisplay,
+    Output,
+    RunView,
+    one_line,
+    print_summary,
+)
+from celery_ctxthread._demo._process import CeleryWorker
+
 RUNS = ('plain', 'task_thread', 'executor')
-READY_STATES = ('SUCCESS', 'FAILURE', 'REVOKED')
 CHECK_TIMEOUT = 6.0  # seconds for the broker and backend checks
 START_TIMEOUT = 45.0  # seconds for the worker to pick up a task
 STOP_TIMEOUT = 8.0  # seconds for a warm shutdown before SIGKILL (polling transports take ~4)
 QUICK_STOP_TIMEOUT = 2.0  # the same after Ctrl-C or an error
-REFRESH = 0.1  # seconds between two polls / redraws
 EXIT_INTERRUPTED = 130
 
 
@@ -120,7 +134,7 @@ def _run(args, out, workdir):
     check_connections(app, urls)
     worker = Worker(urls, workdir)
     worker.start()
-    out.line('worker:  pid %d, pool %s (celery %s)' % (worker.pid, worker.pool, _celery_version()))
+    out.line('worker:  pid %d, pool %s (celery %s)' % (worker.pid, worker.pool, celery.__version__))
     try:
         runs = [run_task(app, worker, out, args, i, kind) for i, kind in enumerate(RUNS)]
         code = print_summary(out, runs, args)
@@ -152,19 +166,10 @@ def mask(url):
     return re.sub(r'(://[^:/@]*:)[^@/]*@', r'\1**@', url)
 
 
-def _celery_version():
-    import celery
-
-    return celery.__version__
-
-
 class Urls(object):
     """The broker and backend URLs, and the environment that carries them to the worker."""
 
     def __init__(self, args, workdir):
-        from celery_ctxthread import _demo_tasks as tasks
-
-        self.tasks = tasks
         self.queue_dir = None
         self.results_dir = None
         self.broker = args.broker or self._embedded_broker(workdir)
@@ -178,26 +183,25 @@ class Urls(object):
         if args.broker:
             return 'rpc://'
         self.results_dir = _mkdir(workdir, 'results')
-        return self.tasks.file_url(self.results_dir)
+        return demo_app.file_url(self.results_dir)
 
-    def env(self):
-        """The variables that make ``_demo_tasks.make_app()`` use these URLs."""
-        env = {self.tasks.ENV_BROKER: self.broker, self.tasks.ENV_BACKEND: self.backend}
+    def config(self):
+        """What makes ``app.make_app()`` use these URLs: the worker gets it in its environment."""
+        config = {demo_app.KEY_BROKER: self.broker, demo_app.KEY_BACKEND: self.backend}
         if self.queue_dir:
-            env[self.tasks.ENV_QUEUE_DIR] = self.queue_dir
+            config[demo_app.KEY_QUEUE_DIR] = self.queue_dir
         if self.results_dir:
-            env[self.tasks.ENV_RESULTS_DIR] = self.results_dir
-        return env
+            config[demo_app.KEY_RESULTS_DIR] = self.results_dir
+        return config
 
     def make_app(self):
-        """The client's own app, configured like the worker's."""
-        os.environ.update(self.env())
+        """The client's own app, configured like the worker's (not made the current app)."""
         try:
-            return self.tasks.make_app()
+            return demo_app.make_app(self.config())
         except Exception as exc:
             raise DemoError(
                 'bad broker or backend URL (%s, %s): %s'
-                % (mask(self.broker), mask(self.backend), _one_line(exc))
+                % (mask(self.broker), mask(self.backend), one_line(exc))
             )
 
 
@@ -205,11 +209,6 @@ def _mkdir(parent, name):
     path = os.path.join(parent, name)
     os.mkdir(path)
     return path
-
-
-def _one_line(exc):
-    text = ' '.join(str(exc).split()) or repr(exc)
-    return '%s: %s' % (type(exc).__name__, text)
 
 
 # Client libraries that kombu and Celery import only when a URL needs them.
@@ -283,7 +282,7 @@ def _call_with_timeout(fn, arg, timeout):
         try:
             fn(arg)
         except Exception as exc:
-            outcome.append(_one_line(exc))
+            outcome.append(one_line(exc))
         else:
             outcome.append(None)
 
@@ -309,18 +308,18 @@ class _LastLoggedError(logging.Handler):
 
     def emit(self, record):
         if record.exc_info and record.exc_info[1] is not None:
-            self.error = _one_line(record.exc_info[1])
+            self.error = one_line(record.exc_info[1])
 
     def suffix(self):
         return ' (last error: %s)' % self.error if self.error else ''
 
 
 class Worker(object):
-    """A ``celery worker`` subprocess in its own process group."""
+    """The demo's ``celery worker``: a :class:`~_process.CeleryWorker` on ``urls``."""
 
     def __init__(self, urls, workdir):
         self.urls = urls
-        self.log_path = os.path.join(workdir, 'worker.log')
+        self.workdir = workdir
         # USE_FAST_LOCALS breaks the threads pool in Celery itself: the tracer
         # binds push() to the thread that built it, so no task has a context.
         threads_ok = _celery_at_least(4, 4) and not os.environ.get('USE_FAST_LOCALS')
@@ -331,47 +330,30 @@ class Worker(object):
     def pid(self):
         return self.process.pid
 
-    def command(self):
-        return [
-            sys.executable,
-            '-m',
-            'celery',
-            '-A',
-            'celery_ctxthread._demo_tasks',
-            'worker',
-            '-P',
-            self.pool,
-            '-c',
-            '2',
-            '-l',
-            'warning',
-            '-n',
-            'cct-demo-%d@%%h' % os.getpid(),
-            '--without-mingle',
-            '--without-gossip',
-        ] + self._heartbeat_option()
-
-    def _heartbeat_option(self):
-        # Measured: the heartbeat timer wakes the amqp event loop, which otherwise
-        # sees a SIGTERM ~10 s late; the polling loop of the embedded queue
-        # stops ~1 s sooner without it.
-        return ['--without-heartbeat'] if self.urls.queue_dir else []
-
     def start(self):
-        log = open(self.log_path, 'wb')
-        try:
-            options = dict(_new_process_group(), stdin=_devnull(), stdout=log)
-            options.update(env=self._env(), stderr=subprocess.STDOUT)
-            self.process = subprocess.Popen(self.command(), **options)
-        finally:
-            log.close()
+        """Start the worker; do not wait for it (a task sent meanwhile waits in the queue)."""
+        self.process = CeleryWorker(
+            'celery_ctxthread._demo._tasks',
+            None,
+            'cct-demo',
+            self.pool,
+            self._env(),
+            self.workdir,
+            concurrency=2,
+            timeout=None,
+            loglevel='warning',
+            # Measured: the heartbeat timer wakes the amqp event loop, which otherwise
+            # sees a SIGTERM ~10 s late; the polling loop of the embedded queue
+            # stops ~1 s sooner without it.
+            heartbeat=not self.urls.queue_dir,
+        )
 
     def _env(self):
         env = dict(os.environ)
-        env.update(self.urls.env())
-        env[self.urls.tasks.ENV_PARENT_PID] = str(os.getpid())
+        env.update(self.urls.config())
+        env[demo_app.KEY_PARENT_PID] = str(os.getpid())
         # The worker must import this very copy of the package.
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env['PYTHONPATH'] = os.pathsep.join([here] + [p for p in [env.get('PYTHONPATH')] if p])
         return env
 
@@ -382,123 +364,18 @@ class Worker(object):
             raise DemoError('the worker exited with code %s: %s' % (code, self.last_log_line()))
 
     def last_log_line(self):
-        try:
-            with open(self.log_path, 'rb') as log:
-                lines = log.read().decode('utf-8', 'replace').splitlines()
-        except (IOError, OSError):
-            return '(no log)'
-        lines = [line.strip() for line in lines if line.strip()]
+        lines = [line.strip() for line in self.process.log_text().splitlines() if line.strip()]
         return lines[-1] if lines else '(empty log)'
 
     def stop(self, timeout):
         """Stop the worker and its pool children: SIGTERM, bounded wait, SIGKILL."""
         if self.process is None:
             return 'not started'
-        killed = False
-        try:
-            self._signal(signal.SIGTERM)
-            killed = not _wait(self.process, timeout)
-        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
-            killed = True
-        finally:
-            # Also clears pool children that outlived the main process.
-            self._signal(getattr(signal, 'SIGKILL', signal.SIGTERM))
-        _wait(self.process, QUICK_STOP_TIMEOUT)
-        if killed:
-            return 'killed after %d seconds' % timeout
-        return 'warm shutdown, exit code %s' % self.process.returncode
-
-    def _signal(self, signum):
-        try:
-            if hasattr(os, 'killpg'):
-                os.killpg(self.process.pid, signum)
-            elif self.process.poll() is None:
-                self.process.terminate()
-        except OSError:  # already gone
-            pass
+        return self.process.stop(timeout)
 
 
 def _celery_at_least(*version):
-    import celery
-
     return tuple(celery.VERSION[:2]) >= version
-
-
-def _devnull():
-    return open(os.devnull, 'rb')
-
-
-def _new_process_group():
-    # Ctrl-C in the terminal then reaches only the demo, which stops the worker itself.
-    if os.name == 'posix':
-        return {'preexec_fn': os.setsid}
-    return {'creationflags': getattr(subprocess, 'CREATE_NEW_PROCESS_GROUP', 0)}
-
-
-def _wait(process, timeout):
-    """Wait up to ``timeout`` seconds (Python 2's Popen.wait has no timeout)."""
-    deadline = time.time() + timeout
-    while process.poll() is None:
-        if time.time() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-class RunView(object):
-    """What the client learned about one task, only from its state and info."""
-
-    def __init__(self, number, kind, args):
-        from celery_ctxthread._demo_tasks import THREAD_CLASSES
-
-        self.number = number
-        self.kind = kind
-        self.thread_class = THREAD_CLASSES[kind]
-        self.names = ['t%d' % (i + 1) for i in range(args.threads)]
-        self.total = args.steps
-        self.state = 'PENDING'
-        self.steps = dict.fromkeys(self.names, 0)
-        self.updates = 0
-        self.result = None
-
-    def observe(self, state, info):
-        """Take one poll; return True if something changed."""
-        changed = False
-        if state == 'PENDING' and self.state != 'PENDING':
-            return False  # a --backend file:// reader may see a result file being rewritten
-        if state != self.state:
-            self.state, changed = state, True
-        if state == 'PROGRESS' and isinstance(info, dict) and 'steps' in info:
-            steps = {name: int(info['steps'].get(name, 0)) for name in self.names}
-            if steps != self.steps or self.updates == 0:
-                self.steps, self.updates, changed = steps, self.updates + 1, True
-        if state in READY_STATES:
-            self.result = info
-        return changed
-
-    def shown_steps(self):
-        return sum(self.steps.values())
-
-    def errors(self):
-        if isinstance(self.result, dict):
-            return list(self.result.get('errors') or [])
-        if self.state == 'FAILURE':
-            return [_one_line(self.result)]
-        return []
-
-    def update_calls(self):
-        """How many times the threads called update_state (None if unknown)."""
-        if isinstance(self.result, dict):
-            return self.result.get('update_calls')
-        return None
-
-    def seen_in_thread(self):
-        if isinstance(self.result, dict):
-            return self.result.get('seen_in_thread') or {}
-        return {}
-
-    def complete(self):
-        return self.shown_steps() == self.total * len(self.names)
 
 
 def run_task(app, worker, out, args, index, kind):
@@ -511,7 +388,7 @@ def run_task(app, worker, out, args, index, kind):
             % (view.number, len(RUNS), view.thread_class, args.threads, args.steps)
         )
     )
-    result = app.send_task(TASK_NAME, args=(kind, args.threads, args.steps, args.delay))
+    result = app.send_task(demo_app.TASK_NAME, args=(kind, args.threads, args.steps, args.delay))
     started, live = time.time(), LiveDisplay(out, view)
     while view.state not in READY_STATES:
         if view.observe(*_poll(result)):
@@ -544,193 +421,3 @@ def _forget(result):
         result.forget()
     except Exception:  # rpc:// cannot forget; nothing to clean up then
         pass
-
-
-class LiveDisplay(object):
-    """Bars redrawn in place on a terminal; a few plain lines otherwise."""
-
-    PLAIN_INTERVAL = 0.5  # seconds between two plain progress lines
-
-    def __init__(self, out, view):
-        self.out = out
-        self.view = view
-        self.drawn = 0
-        self.last_plain = 0.0
-        self.pending_plain = False
-        self.last_state = None
-        self.last_updates = 0
-
-    def changed(self):
-        if self.out.fancy:
-            return
-        if self.view.state != self.last_state:
-            self.last_state = self.view.state
-            self.out.line('  state %s' % self.view.state)
-        if self.view.updates != self.last_updates:
-            self.last_updates, self.pending_plain = self.view.updates, True
-
-    def tick(self):
-        if self.out.fancy:
-            self._redraw(self._status_line())
-        elif self.pending_plain and time.time() - self.last_plain >= self.PLAIN_INTERVAL:
-            self._plain_progress()
-
-    def finish(self):
-        if self.out.fancy:
-            self._redraw(self._status_line())
-        else:
-            if self.pending_plain:
-                self._plain_progress()
-            for line in self._bar_lines():
-                self.out.line(line)
-        for line in self._outcome_lines():
-            self.out.line(line)
-
-    def _plain_progress(self):
-        steps = '  '.join(
-            '%s %d/%d' % (name, self.view.steps[name], self.view.total) for name in self.view.names
-        )
-        self.out.line('  progress  %s' % steps)
-        self.last_plain, self.pending_plain = time.time(), False
-
-    def _redraw(self, status):
-        lines = self._bar_lines() + [status]
-        self.out.redraw(lines, self.drawn)
-        self.drawn = len(lines)
-
-    def _status_line(self):
-        state = self.out.colour('%-8s' % self.view.state, _state_colour(self.view.state))
-        return '  state %s  updates seen by the client: %d' % (state, self.view.updates)
-
-    def _bar_lines(self):
-        width = 30
-        lines = []
-        for name in self.view.names:
-            done = self.view.steps[name]
-            filled = int(round(width * done / float(self.view.total)))
-            bar = self.out.colour('#' * filled, 'green') + '.' * (width - filled)
-            lines.append('  %-3s [%s] %2d/%d' % (name, bar, done, self.view.total))
-        return lines
-
-    def _outcome_lines(self):
-        seen = self.view.seen_in_thread()
-        lines = []
-        if seen:
-            lines.append(
-                '  inside the threads: current_task=%s, self.request.id=%s'
-                % (seen.get('current_task'), seen.get('request_id'))
-            )
-        errors = self.view.errors()
-        for error in errors:
-            lines.append('  ' + self.out.colour('error in the threads: ' + error, 'red'))
-        if not errors and self.view.updates == 0:
-            lines.append(
-                '  ' + self.out.colour('no error raised: every update was dropped silently', 'red')
-            )
-        return lines
-
-
-def _state_colour(state):
-    return {'SUCCESS': 'green', 'PROGRESS': 'cyan', 'FAILURE': 'red'}.get(state, 'yellow')
-
-
-class Output(object):
-    """stdout, with colour and in-place redraw only on a terminal."""
-
-    CODES = {'green': '32', 'red': '31', 'yellow': '33', 'cyan': '36', 'bold': '1'}
-
-    def __init__(self, fancy):
-        self.fancy = fancy
-        if fancy:
-            self._write('\x1b[?25l')  # hide the cursor while redrawing
-
-    def line(self, text):
-        self._write(text + '\n')
-
-    def error(self, text):
-        sys.stdout.flush()
-        sys.stderr.write('error: %s\n' % text)
-        sys.stderr.flush()
-
-    def redraw(self, lines, previous):
-        up = '\x1b[%dA' % previous if previous else ''
-        self._write(up + ''.join('\r\x1b[K%s\n' % line for line in lines))
-
-    def colour(self, text, name):
-        if not self.fancy or not text:
-            return text
-        return '\x1b[%sm%s\x1b[0m' % (self.CODES[name], text)
-
-    def bold(self, text):
-        return self.colour(text, 'bold')
-
-    def close(self):
-        if self.fancy:
-            self._write('\x1b[?25h')
-
-    def _write(self, text):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-
-def print_summary(out, runs, args):
-    """Print the table; return 0 if every cct run filled every bar."""
-    total = args.threads * args.steps
-    rows = [('run', 'thread class', 'steps shown', 'updates seen', 'final state', 'error')]
-    for view in runs:
-        error = (
-            view.errors()[0]
-            if view.errors()
-            else ('(dropped silently)' if view.updates == 0 else '-')
-        )
-        calls = view.update_calls()
-        rows.append(
-            (
-                str(view.number),
-                view.thread_class,
-                '%d/%d' % (view.shown_steps(), total),
-                '%d of %s' % (view.updates, '?' if calls is None else calls),
-                view.state,
-                _shorten(error, 60),
-            )
-        )
-    out.line('')
-    out.line(out.bold('Summary'))
-    for row in _table(rows):
-        out.line('  ' + row)
-    out.line('')
-    for line in _legend(args):
-        out.line('  ' + line)
-    fixed_ok = all(view.complete() for view in runs if view.kind != 'plain')
-    out.line('')
-    out.line(
-        'threading.Thread: the client saw %d of %d steps; cct threads: %s.'
-        % (
-            runs[0].shown_steps(),
-            total,
-            'every step' if fixed_ok else 'NOT every step (unexpected)',
-        )
-    )
-    return 0 if fixed_ok else 1
-
-
-def _legend(args):
-    return [
-        "steps shown:  steps the client's bars show, of %d threads x %d steps"
-        % (args.threads, args.steps),
-        'updates seen: progress states the client read, of the update_state calls the threads',
-        '              made: it polls every %.1f s and sees the latest state, not every update'
-        % REFRESH,
-        '              (each update carries every bar, so the bars still fill)',
-    ]
-
-
-def _table(rows):
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        '  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
-    ]
-
-
-def _shorten(text, width):
-    return text if len(text) <= width else text[: width - 3] + '...'
