@@ -181,11 +181,15 @@ class WorkerRegistry(object):
         return handle
 
     def stop_all(self):
-        handles = list(self.started.values())
-        for handle in handles:  # shut down in parallel, then wait for each
-            handle.process.terminate()
-        for handle in handles:
-            handle.stop()
+        stop_workers(list(self.started.values()))
+
+
+def stop_workers(handles):
+    """Shut ``handles`` down in parallel, then wait for each."""
+    for handle in handles:
+        handle.process.terminate()
+    for handle in handles:
+        handle.stop()
 
 
 @pytest.fixture(scope='session')
@@ -195,12 +199,15 @@ def worker_registry(request, work_dir):
     return registry
 
 
-def _worker(request, registry, kind, pool, extra_env=None):
+def _server(request, kind):
+    """The session's server for a worker of backend ``kind`` (SQLite: Redis as broker)."""
     if kind == 'sqlite':
         require_module('sqlalchemy')
-    server_fixture = 'rabbitmq_server' if kind == 'rabbitmq' else 'redis_server'
-    server = request.getfixturevalue(server_fixture)
-    return registry.get(kind, pool, server, extra_env)
+    return request.getfixturevalue('rabbitmq_server' if kind == 'rabbitmq' else 'redis_server')
+
+
+def _worker(request, registry, kind, pool, extra_env=None):
+    return registry.get(kind, pool, _server(request, kind), extra_env)
 
 
 def _combos(kinds, pools=POOLS):
@@ -251,6 +258,28 @@ def eager_tasks(work_dir):
     conf.update(saved)
 
 
+@pytest.fixture
+def installed():
+    """``cct.install()`` for the test; undone after it unless it was installed before."""
+    import celery_ctxthread as cct
+
+    was_installed = cct.installed()
+    cct.install()
+    yield
+    if not was_installed:
+        cct.uninstall()
+
+
+@pytest.fixture
+def uninstalled():
+    """For tests that call install(): uninstall() after the test, and check that it took."""
+    import celery_ctxthread as cct
+
+    yield
+    cct.uninstall()
+    assert not cct.installed()
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt('signal %d' % signum)
 
@@ -298,16 +327,9 @@ def dedicated_worker(request, work_dir):
     started = []
 
     def start(kind, pool, label, concurrency=4):
-        if kind == 'sqlite':
-            require_module('sqlalchemy')
-        server_fixture = 'rabbitmq_server' if kind == 'rabbitmq' else 'redis_server'
-        server = request.getfixturevalue(server_fixture)
-        handle = DedicatedWorker(kind, pool, server, work_dir, label, concurrency)
+        handle = DedicatedWorker(kind, pool, _server(request, kind), work_dir, label, concurrency)
         started.append(handle)
         return handle
 
     yield start
-    for handle in started:
-        handle.process.terminate()
-    for handle in started:
-        handle.stop()
+    stop_workers(started)

@@ -16,8 +16,9 @@ from celery.exceptions import Ignore
 from celery.signals import task_postrun
 
 import celery_ctxthread as cct
-from celery_ctxthread import late
+from celery_ctxthread import guard
 from tests.integration_tasks import JOIN_TIMEOUT, app, wait_for_file, write_json
+from tests.tasks_inprocess import retry_in_a_task_thread
 
 FAIL_AND_HANDLE = 'cct_gtest.fail_and_handle'
 IGNORE_THEN_UPDATE = 'cct_gtest.ignore_then_update'
@@ -55,7 +56,7 @@ def fail_and_handle(self, prefix, captures):
     if captures:
         seen = ids_seen_by_a_task_thread(self)
     else:
-        late.set_up()
+        guard.set_up()
         seen = 'nothing: no thread'
     raise RuntimeError('failing on purpose; the thread saw %s' % seen)
 
@@ -89,18 +90,7 @@ def _note_the_end(sender=None, task_id=None, args=None, **kwargs):
 def retry_from_a_thread(self, prefix):
     """A TaskThread calls self.retry(); return what it raised, as 'Type: message'."""
     note_run(self, prefix)
-    raised = []
-
-    def retry():
-        try:
-            self.retry(countdown=0)
-        except Exception as exc:  # what the thread saw, returned by the task
-            raised.append('%s: %s' % (type(exc).__name__, exc))
-
-    thread = cct.TaskThread(target=retry, name='retrier-%s' % self.request.id[:8])
-    thread.start()
-    thread.join(JOIN_TIMEOUT)
-    return raised
+    return retry_in_a_task_thread(self, 0, JOIN_TIMEOUT)
 
 
 @app.task(bind=True, name=RETRY_ITSELF, max_retries=1)
@@ -109,5 +99,7 @@ def retry_itself(self, prefix):
     note_run(self, prefix)
     ids_seen_by_a_task_thread(self)
     if not self.request.retries:
-        raise self.retry(countdown=0)
+        # Not at once: retry() publishes before this run stores RETRY, and the
+        # database backend would let that RETRY overwrite the retry's SUCCESS.
+        raise self.retry(countdown=1)
     return self.request.retries

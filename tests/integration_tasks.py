@@ -22,6 +22,7 @@ from celery._state import _task_stack, get_current_worker_task
 from celery.utils.log import get_task_logger
 
 import celery_ctxthread as cct
+from tests.servers import wait_until
 
 logger = get_task_logger(__name__)
 
@@ -68,18 +69,16 @@ def seen_ids(task):
     }
 
 
-def poll_until(predicate, timeout, interval=0.02):
-    """True as soon as ``predicate()`` is; False after ``timeout`` seconds."""
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
 def wait_for_file(path, timeout):
-    return poll_until(lambda: os.path.exists(path), timeout)
+    return wait_until(lambda: os.path.exists(path), timeout)
+
+
+def wait_for_file_count(directory, prefix, count, timeout):
+    def arrived():
+        names = os.listdir(directory)
+        return len([n for n in names if n.startswith(prefix)]) >= count
+
+    return wait_until(arrived, timeout)
 
 
 def write_json(path, data):
@@ -236,14 +235,6 @@ def concurrent_probe(self, work_dir, parties, jobs):
     later.daemon = True
     later.start()
     return {'met': met, 'seen': seen}
-
-
-def wait_for_file_count(directory, prefix, count, timeout):
-    def arrived():
-        names = os.listdir(directory)
-        return len([n for n in names if n.startswith(prefix)]) >= count
-
-    return poll_until(arrived, timeout)
 
 
 from tests import guard_tasks, neighbours_tasks, reliability_tasks  # noqa: E402,F401

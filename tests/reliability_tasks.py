@@ -15,9 +15,9 @@ import celery_ctxthread as cct
 from tests.integration_tasks import (
     JOIN_TIMEOUT,
     app,
-    poll_until,
     seen_ids,
     wait_for_file,
+    wait_for_file_count,
     write_json,
 )
 
@@ -134,7 +134,7 @@ def load(self, own_id, meet_dir, parties, threads, updates):
     alternately TaskThreads and jobs on the shared LOAD_EXECUTOR, each sending
     ``updates`` update_state calls carrying ``own_id`` and a sequence number."""
     write_json(os.path.join(meet_dir, 'arrived-%s' % own_id), {})
-    met = poll_until(lambda: len(os.listdir(meet_dir)) >= parties, JOIN_TIMEOUT)
+    met = wait_for_file_count(meet_dir, 'arrived-', parties, JOIN_TIMEOUT)
     started = time.time()
     counts = {'sent': 0, 'mismatches': 0, 'errors': 0, 'children': 0}
     lock = threading.Lock()
@@ -168,11 +168,9 @@ def load(self, own_id, meet_dir, parties, threads, updates):
 def leave_thread(self, stop_file, seconds):
     """Start a non-daemon TaskThread that sleeps until ``stop_file`` exists or
     ``seconds`` pass, and return at once."""
-
-    def linger():
-        poll_until(lambda: os.path.exists(stop_file), seconds, interval=0.1)
-
-    thread = cct.TaskThread(target=linger, name='lingering-%s' % self.request.id)
+    thread = cct.TaskThread(
+        target=wait_for_file, args=(stop_file, seconds), name='lingering-%s' % self.request.id
+    )
     thread.daemon = False
     thread.start()
     return {'pid': os.getpid(), 'thread': thread.name}

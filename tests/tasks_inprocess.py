@@ -2,7 +2,8 @@
 
 No worker here: :func:`running` pushes a task and its request exactly as
 ``celery.app.trace.build_tracer`` does, so the library sees what it sees in a
-worker.  The integration suite proves the same things on real workers.
+worker.  The integration suite proves the same things on real workers; its
+task modules import :func:`retry_in_a_task_thread` from here.
 """
 
 from __future__ import absolute_import
@@ -61,13 +62,19 @@ def captured_on_top(task):
         _state._task_stack.pop()
 
 
+def current_id():
+    """The id of the task current on this thread, or None."""
+    task = _state.get_current_task()
+    return task.request.id if task is not None else None
+
+
 def observe():
     """What a thread sees of Celery's context, as a plain dict."""
     task = _state.get_current_task()
     worker_task = _state.get_current_worker_task()
     return {
         'current_task': getattr(task, 'name', None),
-        'current_id': task.request.id if task is not None else None,
+        'current_id': current_id(),
         'probe_request_id': probe.request.id,
         'worker_task_id': worker_task.request.id if worker_task is not None else None,
         'app': _state._tls.current_app,
@@ -78,6 +85,13 @@ def thread_state():
     """Everything the library may touch on this thread, to compare before/after."""
     stacks = [_state._task_stack] + [t.request_stack for t in (probe, other)]
     return [list(s.stack) for s in stacks] + [_state._tls.current_app]
+
+
+def states_around(fn, *args):
+    """:func:`thread_state` before and after ``fn(*args)``, on this thread."""
+    before = thread_state()
+    fn(*args)
+    return before, thread_state()
 
 
 def in_thread(fn, *args):
@@ -97,6 +111,25 @@ def in_thread(fn, *args):
     if 'error' in box:
         raise box['error']
     return box['result']
+
+
+def retry_in_a_task_thread(task, countdown, timeout):
+    """Call ``task.retry(countdown=...)`` from a TaskThread the task starts; return
+    what it raised there, as ``['Type: message']``.  Used in-process and by workers."""
+    import celery_ctxthread as cct
+
+    raised = []
+
+    def retry():
+        try:
+            task.retry(countdown=countdown)
+        except Exception as exc:  # what the thread saw, returned by the task
+            raised.append('%s: %s' % (type(exc).__name__, exc))
+
+    thread = cct.TaskThread(target=retry, name='retrier-%s' % task.request.id[:8])
+    thread.start()
+    thread.join(timeout)
+    return raised
 
 
 def run_bounded(command, timeout, **popen_kwargs):

@@ -16,10 +16,9 @@ from __future__ import absolute_import
 import sys
 
 import pytest
-from celery import _state
 
 import celery_ctxthread as cct
-from tests.tasks_inprocess import probe, running
+from tests.tasks_inprocess import current_id, probe, running
 
 try:
     import asyncio
@@ -40,20 +39,6 @@ needs_to_thread = pytest.mark.skipif(
 )
 
 TIMEOUT = 10
-
-
-def current_id():
-    task = _state.get_current_task()
-    return task.request.id if task is not None else None
-
-
-@pytest.fixture
-def installed():
-    was_installed = cct.installed()
-    cct.install()
-    yield
-    if not was_installed:
-        cct.uninstall()
 
 
 def close(loop):

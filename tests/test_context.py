@@ -22,6 +22,7 @@ from tests.tasks_inprocess import (
     probe,
     run_bounded,
     running,
+    states_around,
     thread_state,
 )
 
@@ -73,12 +74,7 @@ def test_run_restores_the_thread_exactly():
     with running(probe, 'abc'):
         context = cct.capture()
 
-    def check():
-        before = thread_state()
-        context.run(observe)
-        return before, thread_state()
-
-    before, after = in_thread(check)
+    before, after = in_thread(states_around, context.run, observe)
     assert before == after
     assert after[0] == []
 
@@ -102,13 +98,7 @@ def test_run_restores_on_any_exception(error):
     def explode():
         raise error
 
-    def check():
-        before = thread_state()
-        with pytest.raises(type(error)):
-            context.run(explode)
-        return before, thread_state()
-
-    before, after = in_thread(check)
+    before, after = in_thread(states_around, pytest.raises, type(error), context.run, explode)
     assert before == after
 
 
@@ -120,12 +110,7 @@ def test_run_repairs_a_target_that_leaves_the_stacks_unbalanced():
         _state._task_stack.push(other)  # never popped
         probe.request_stack.pop()  # pops ours
 
-    def check():
-        before = thread_state()
-        context.run(leaky)
-        return before, thread_state()
-
-    before, after = in_thread(check)
+    before, after = in_thread(states_around, context.run, leaky)
     assert before == after
 
 
@@ -299,13 +284,7 @@ def test_a_push_that_fails_half_way_is_undone():
     task.request_stack.stack.append('its request')  # captured, so pushed in run()
     context = captured_on_top(task)
 
-    def check():
-        before = thread_state()
-        with pytest.raises(KeyboardInterrupt):
-            context.run(observe)
-        return before, thread_state()
-
-    before, after = in_thread(check)
+    before, after = in_thread(states_around, pytest.raises, KeyboardInterrupt, context.run, observe)
     assert before == after  # the task stack pushed first was restored
 
 

@@ -20,10 +20,9 @@ import weakref
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
-from celery import _state
 
 import celery_ctxthread as cct
-from tests.tasks_inprocess import other, probe, running
+from tests.tasks_inprocess import current_id, other, probe, running
 
 try:
     import contextvars
@@ -37,29 +36,9 @@ needs_contextvars = pytest.mark.skipif(
 TIMEOUT = 10
 
 
-def current_id():
-    task = _state.get_current_task()
-    return task.request.id if task is not None else None
-
-
 def wrapped_threads(threads):
     """The threads whose run is our wrapper: they would run in a captured context."""
     return [t for t in threads if type(t.__dict__.get('run')).__name__ == '_RunInContext']
-
-
-@pytest.fixture
-def installed():
-    was_installed = cct.installed()
-    cct.install()
-    yield
-    if not was_installed:
-        cct.uninstall()
-
-
-def join_all(threads):
-    for thread in threads:
-        thread.join(TIMEOUT)
-        assert not thread.is_alive(), 'thread did not finish within %s s' % TIMEOUT
 
 
 # --------------------------------------------------- contextvars by identity

@@ -30,13 +30,6 @@ class Recorder(object):
         return observe()['current_id']
 
 
-@pytest.fixture
-def uninstalled():
-    yield
-    cct.uninstall()
-    assert not cct.installed()
-
-
 @pytest.mark.parametrize(
     'make_thread',
     [

@@ -29,7 +29,7 @@ import celery_ctxthread as cct
 from celery_ctxthread import worker
 from tests.conftest import REPO_DIR, WORKER_APP, _python_path
 from tests.servers import CeleryWorker, ServerError
-from tests.tasks_inprocess import in_thread, probe, run_bounded, running
+from tests.tasks_inprocess import in_thread, probe, retry_in_a_task_thread, run_bounded, running
 
 WAIT = 10
 LATE_LOGGER = 'celery_ctxthread.guard'
@@ -163,18 +163,7 @@ def hooked(self, hook, outcome, captures):
 @app.task(bind=True, name='cct_late.retries_from_a_thread')
 def retries_from_a_thread(self):
     """A TaskThread calls self.retry(); return what it raised, as 'Type: message'."""
-    raised = []
-
-    def retry():
-        try:
-            self.retry(countdown=60)
-        except Exception as exc:  # what the thread saw, returned by the task
-            raised.append('%s: %s' % (type(exc).__name__, exc))
-
-    thread = cct.TaskThread(target=retry, name='retrier-%s' % self.request.id[:8])
-    thread.start()
-    thread.join(WAIT)
-    return raised
+    return retry_in_a_task_thread(self, 60, WAIT)
 
 
 @app.task(bind=True, name='cct_late.retries_itself')

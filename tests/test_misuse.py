@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,6 +14,7 @@ from celery import Task, _state
 
 import celery_ctxthread as cct
 from celery_ctxthread._compat import TimerBase
+from tests.servers import wait_until
 from tests.tasks_inprocess import (
     app,
     captured_on_top,
@@ -22,17 +22,11 @@ from tests.tasks_inprocess import (
     observe,
     probe,
     running,
+    states_around,
     thread_state,
 )
 
 WAIT = 10
-
-
-@pytest.fixture
-def uninstalled():
-    yield
-    cct.uninstall()
-    assert not cct.installed()
 
 
 def error_in_run(thread_class, *args, **kwargs):
@@ -139,13 +133,7 @@ def test_running_a_non_callable_under_a_snapshot_raises_typeerror_and_restores()
     with running(probe, 'abc'):
         context = cct.capture()
 
-    def check():
-        before = thread_state()
-        with pytest.raises(TypeError):
-            context.run(42)
-        return before, thread_state()
-
-    before, after = in_thread(check)
+    before, after = in_thread(states_around, pytest.raises, TypeError, context.run, 42)
     assert before == after
 
 
@@ -309,12 +297,16 @@ def _seen_in_child():
 
 
 def _wait_bounded(pid, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    statuses = []
+
+    def reaped():
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return status
-        time.sleep(0.02)
+            statuses.append(status)
+        return done
+
+    if wait_until(reaped, timeout, interval=0.02):
+        return statuses[0]
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError('forked child did not exit within %d s' % timeout)
