@@ -12,6 +12,7 @@ from __future__ import absolute_import, print_function
 import concurrent.futures
 import contextlib
 import functools
+import io
 import json
 import os
 import threading
@@ -86,6 +87,17 @@ def write_json(path, data):
     with open(tmp, 'w') as handle:
         json.dump(data, handle)
     os.rename(tmp, path)
+
+
+def read_json(path, timeout):
+    """What write_json() wrote to ``path``, once it is there (``timeout`` seconds at most)."""
+    assert wait_for_file(path, timeout), 'no file %s after %s s' % (path, timeout)
+    with io.open(path, encoding='utf-8') as handle:
+        return json.load(handle)
+
+
+def touch(path):
+    io.open(path, 'wb').close()
 
 
 @contextlib.contextmanager

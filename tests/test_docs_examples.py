@@ -19,7 +19,6 @@ import os
 import re
 import sys
 import textwrap
-import time
 import weakref
 
 import celery
@@ -28,6 +27,7 @@ from celery import _state
 from celery.signals import worker_init
 
 import celery_ctxthread as cct
+from tests.servers import wait_until
 from tests.tasks_inprocess import probe, run_bounded, running
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs')
@@ -87,15 +87,6 @@ def stored(module, task_id):
     finally:
         conf.task_always_eager = True
     return meta['status'], meta['result']
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture
@@ -169,7 +160,7 @@ def test_install_covers_library_threads_and_opt_out_leaves_one_out(no_install):
     assert cct.installed()
     result = example.uses_a_library.delay()
     assert result.get() == [result.id, result.id]
-    assert wait_until(lambda: example.watchdog_saw)
+    assert wait_until(lambda: example.watchdog_saw, 10.0, interval=0.01)
     assert example.watchdog_saw == [None]
 
 

@@ -16,7 +16,6 @@ from tests import neighbours
 from tests.conftest import POOLS, _worker
 from tests.test_integration import (
     ACK_TIMEOUT,
-    PROGRESS_TIMEOUT,
     RESULT_TIMEOUT,
     ProbeRun,
     assert_ids,
@@ -72,11 +71,7 @@ def test_progress_from_a_thread_reaches_the_client(neighbour_worker, entry):
     ``cct.submit()`` job is seen by the client while the task runs, and the task
     returns what the job returned."""
     run = ProbeRun(neighbour_worker, entry, progress=True, ack_timeout=ACK_TIMEOUT)
-    meta = run.watch_progress(PROGRESS_TIMEOUT)
-    report = run.report()
-    assert meta.get('status') == 'PROGRESS', meta
-    assert meta['result'] == {'token': run.token, 'step': 1}
-    assert report['error'] is None
+    report = run.progress_then_report()
     assert_ids(report, run.result.id)
     assert_ran_in_other_thread(report)
     assert run.result.state == 'SUCCESS'

@@ -21,7 +21,6 @@ REVOKED state on those pools.
 
 from __future__ import absolute_import, print_function
 
-import io
 import json
 import os
 import signal
@@ -32,6 +31,7 @@ import pytest
 from celery.result import ResultSet
 
 from tests.conftest import BACKEND_KINDS, CONCURRENT_POOLS, POOLS, _combos, _worker
+from tests.integration_tasks import read_json, touch
 from tests.servers import wait_until
 
 RESULT_TIMEOUT = 30.0
@@ -50,16 +50,6 @@ LOAD_TIMEOUT = max(60.0, LOAD_TASKS * LOAD_THREADS * LOAD_UPDATES / 500.0)
 
 SHUTDOWN_BOUND = 10.0  # how long a warm shutdown may take
 LINGER = 90.0  # how long the lingering thread would sleep: longer than the bound
-
-
-def touch(path):
-    io.open(path, 'wb').close()
-
-
-def read_json(path, timeout=FILE_TIMEOUT):
-    assert wait_until(lambda: os.path.exists(path), timeout), 'no file %s' % path
-    with io.open(path, encoding='utf-8') as handle:
-        return json.load(handle)
 
 
 def warning_lines(worker, task_id):
@@ -121,7 +111,7 @@ class LateRun(object):
         self.final_state = self.result.state
         self.final_result = outcome
         touch(self.go_file)
-        return read_json(self.done_file)
+        return read_json(self.done_file, FILE_TIMEOUT)
 
     def stored(self):
         """The state as a client asking now sees it."""
@@ -209,7 +199,7 @@ def _start_busy(worker, tmpdir, threads=3, seconds=40.0):
     stop_file = os.path.join(str(tmpdir), 'stop-' + own_id)
     args = [own_id, pid_file, stop_file, threads, seconds]
     result = worker.client.send_task(BUSY, args=args, task_id=own_id)
-    pid = read_json(pid_file)['pid']
+    pid = read_json(pid_file, FILE_TIMEOUT)['pid']
 
     def progressing():
         meta = worker.client.backend.get_task_meta(own_id)
