@@ -13,11 +13,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bench/ is not here: it runs on the newest Python only.
 FOLDERS = ('celery_ctxthread', 'tests', os.path.join('docs', 'examples'))
+# tests/typing/ is a user's module that only mypy reads (tox envs types, types-user):
+# never imported or run by a test, and its annotations are the point, so 3-only.
+SKIPPED = (os.path.join(ROOT, 'tests', 'typing'),)
 
 
 def source_files():
     for folder in FOLDERS:
-        for directory, _, names in os.walk(os.path.join(ROOT, folder)):
+        for directory, subdirs, names in os.walk(os.path.join(ROOT, folder)):
+            subdirs[:] = [d for d in subdirs if os.path.join(directory, d) not in SKIPPED]
             for name in sorted(names):
                 if name.endswith('.py'):
                     yield os.path.relpath(os.path.join(directory, name), ROOT)
