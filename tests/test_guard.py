@@ -13,8 +13,9 @@ import uuid
 
 import pytest
 
+from tests.integration_tasks import read_json, touch
 from tests.servers import wait_until
-from tests.test_reliability import RESULT_TIMEOUT, read_json, rpc_late_states, touch
+from tests.test_reliability import FILE_TIMEOUT, RESULT_TIMEOUT, rpc_late_states
 
 # By name, as a client sends them: importing tests.guard_tasks here, before
 # tests.integration_tasks, is a circular import that Python 2.7 refuses.
@@ -61,7 +62,7 @@ def test_on_failure_stores_its_state_after_the_failure(worker, captures):
     prefix = new_prefix(worker)
     result = worker.client.send_task(FAIL_AND_HANDLE, args=[prefix, captures])
     seen = states_until_ready(result) if worker.kind == 'rabbitmq' else []
-    handled = read_json(prefix + '-handled')
+    handled = read_json(prefix + '-handled', FILE_TIMEOUT)
     if worker.kind == 'rabbitmq':
         # The states after the final one, sent before the task's file was written.
         assert seen + rpc_late_states(worker, result.id) == ['FAILURE', 'HANDLED']
@@ -78,9 +79,9 @@ def test_a_task_thread_updating_after_ignore_reaches_the_client(worker):
     stored, and the client sees it instead of PENDING."""
     prefix = new_prefix(worker)
     result = worker.client.send_task(IGNORE_THEN_UPDATE, args=[prefix])
-    assert read_json(prefix + '-ended')['task_id'] == result.id
+    assert read_json(prefix + '-ended', FILE_TIMEOUT)['task_id'] == result.id
     touch(prefix + '-go')
-    report = read_json(prefix + '-done')
+    report = read_json(prefix + '-done', FILE_TIMEOUT)
     assert report['waited'] and report['errors'] == [], report
     assert report['id'] == result.id, 'the thread had no task context'
     if worker.kind == 'rabbitmq':
