@@ -174,7 +174,11 @@ def capture():
     tasks, entry = _stacks.read_tasks()
     if not tasks:
         return _EMPTY
-    key = (_APP_LOCAL.current_app,) + tasks + tuple(map(_top_request, tasks))
+    app = _APP_LOCAL.current_app
+    if len(tasks) == 1:  # the usual case: the same key, without map() and two concatenations
+        key = (app, tasks[0], _top_request(tasks[0]))
+    else:
+        key = (app,) + tasks + tuple(map(_top_request, tasks))
     vars = copy_context() if copy_context is not None else None
     # Consecutive captures of the same tasks, requests and app share the
     # thread's newest snapshot, kept in its task stack entry, which Celery
