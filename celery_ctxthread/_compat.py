@@ -1,7 +1,10 @@
-"""The few names that differ between Python 2.7 and 3.x."""
+"""The few names that differ between Python 2.7 and 3.x, and the tested Celery range."""
 
 import sys
 import threading
+import warnings
+
+import celery
 
 try:  # Python 3.7+, or the backport on 3.6
     from contextvars import copy_context
@@ -35,3 +38,17 @@ def set_exception(future, exc, traceback):
         future.set_exception_info(exc, traceback)
     else:
         future.set_exception(exc)
+
+
+#: The Celery releases the test grid runs: newer ones may move what we read.
+TESTED_CELERY = ((4, 3), (5, 7))
+
+if tuple(celery.VERSION[:2]) > TESTED_CELERY[1]:
+    warnings.warn(
+        'celery_ctxthread is tested with Celery %d.%d to %d.%d and reads Celery internals '
+        '(celery._state, LocalStack); Celery %s is newer: check that threads still see '
+        'their task, and report what breaks'
+        % (TESTED_CELERY[0] + TESTED_CELERY[1] + (celery.__version__,)),
+        RuntimeWarning,
+        stacklevel=2,
+    )

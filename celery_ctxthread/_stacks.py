@@ -19,24 +19,8 @@ on every activation::
     step.restore(token)      # back to exactly what they were
 """
 
-import warnings
-
-import celery
 from celery import _state
 from celery.utils import threads as _celery_threads
-
-#: The Celery releases the test grid runs: newer ones may move what we read.
-TESTED_CELERY = ((4, 3), (5, 7))
-
-if tuple(celery.VERSION[:2]) > TESTED_CELERY[1]:
-    warnings.warn(
-        'celery_ctxthread is tested with Celery %d.%d to %d.%d and reads Celery internals '
-        '(celery._state, LocalStack); Celery %s is newer: check that threads still see '
-        'their task, and report what breaks'
-        % (TESTED_CELERY[0] + TESTED_CELERY[1] + (celery.__version__,)),
-        RuntimeWarning,
-        stacklevel=2,
-    )
 
 _IDENT_DICT_STACK = getattr(_celery_threads, '_LocalStack', None)
 _LIST_STACK = getattr(_celery_threads, '_FastLocalStack', None)

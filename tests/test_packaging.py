@@ -6,7 +6,7 @@ import sys
 
 import celery
 
-from celery_ctxthread import _stacks
+from celery_ctxthread import _compat
 from tests.tasks_inprocess import run_bounded
 
 IMPORT_UNDER_CELERY = (
@@ -31,7 +31,7 @@ def test_a_newer_celery_than_the_tested_range_warns_once_at_import():
 
 
 def test_the_tested_range_imports_silently():
-    newest = _stacks.TESTED_CELERY[1]
+    newest = _compat.TESTED_CELERY[1]
     status, output = import_with_celery_version(*newest)
     assert status == 0 and 'RuntimeWarning' not in output, output
     assert celery.VERSION[:2] <= newest, 'the grid runs a Celery newer than TESTED_CELERY'
