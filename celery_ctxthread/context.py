@@ -200,10 +200,6 @@ def capture():
     return newest
 
 
-def _same_objects(old, new):
-    return len(old) == len(new) and all(map(is_, old, new))
-
-
 def wrap(fn):
     """Capture now; return a callable that runs ``fn`` in that context.
 
