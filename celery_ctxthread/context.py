@@ -139,20 +139,24 @@ class _CelerySnapshot(object):
         self.app = key[0]
         self.task = tasks[-1] if tasks else None
         self.request = key[-1] if tasks else None
-        self.step = _stacks.plan(_sources_of(tasks)) if tasks else None
-        for request in key[1 + len(tasks) :]:
+        tops = key[1 + len(tasks) :]
+        self.step = _stacks.plan(_sources_of(tasks, tops)) if tasks else None
+        for request in tops:
             guard.watch(request)
 
 
-def _sources_of(tasks):
-    """The task stack, then each task's request stack once, with its top request."""
+def _sources_of(tasks, tops):
+    """The task stack, then each task's request stack once, with its top request.
+
+    ``tops`` are the requests capture() read, one per task (None: none).
+    """
     sources = [(_stacks.TASK_STACK, tasks)]
-    for task in tasks:
+    for task, top in zip(tasks, tops):
         stack = getattr(task, 'request_stack', None)  # None on an unbound task class
         # Once per stack, compared by identity: a task may be on the stack twice.
         if stack is not None and not any(stack is s for s, _ in sources):
             # Only the top request: a task without one still gets a restore point.
-            sources.append((stack, _stacks.read(stack)[-1:]))
+            sources.append((stack, () if top is None else (top,)))
     return sources
 
 
