@@ -70,6 +70,7 @@ class MethodPatch(object):
         if self.original is _MISSING:
             raise AttributeError('%s.%s is not defined there' % (self.owner.__name__, self.name))
         self.patched = self.make(self.original)
+        self.patched.__wrapped__ = self.original  # Python 2.7's functools.wraps does not set it
         setattr(self.owner, self.name, self.patched)
 
     def is_on_top(self):

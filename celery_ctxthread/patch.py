@@ -57,7 +57,6 @@ def _propagating_start(original):
             return bound(original, self)()
         return _start_in_context(self, bound(original, self))
 
-    start.__wrapped__ = original  # Python 2.7's functools.wraps does not set it
     return start
 
 
@@ -70,7 +69,6 @@ def _propagating_submit(original):
             return method(*args, **kwargs)
         return _submit_in_context(method, args, kwargs)
 
-    submit.__wrapped__ = original
     _passing_submits[id(submit)] = submit
     return submit
 
@@ -86,7 +84,6 @@ def _propagating_pool_job(original):
                 func = _JobInContext(context, func)
         return bound(original, self)(func, *args, **kwargs)
 
-    method.__wrapped__ = original
     return method
 
 
@@ -103,7 +100,6 @@ def _starting_pool_threads(original):
         finally:
             _inside_pool.active = False
 
-    method.__wrapped__ = original
     return method
 
 
