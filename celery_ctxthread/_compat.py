@@ -9,7 +9,10 @@ import celery
 try:  # Python 3.7+, or the backport on 3.6
     from contextvars import copy_context
 except ImportError:  # Python 2.7: nothing to propagate
-    copy_context = None
+
+    def copy_context():
+        return None
+
 
 # Python 2.7's ``threading.Timer`` is a factory function; the class is private.
 TimerBase = threading.Timer if isinstance(threading.Timer, type) else threading._Timer

@@ -32,12 +32,15 @@ def defining_class(cls, name):
     raise AttributeError('%s has no %s to patch' % (cls.__name__, name))
 
 
-def bound(original, instance):
-    """``original``, taken from a class ``__dict__``, as ``instance.name`` would give it."""
+def binder(original):
+    """``bind(instance)``: ``original`` (from a class ``__dict__``) as ``instance.name`` gives it.
+
+    Looked up once, when patching: the wrappers bind on every call.
+    """
     get = getattr(type(original), '__get__', None)
     if get is None:  # a callable that is not a descriptor is not bound by attribute access
-        return original
-    return get(original, instance, type(instance))
+        return lambda instance: original
+    return lambda instance: get(original, instance, type(instance))
 
 
 def argument_position(function, name):

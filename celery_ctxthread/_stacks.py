@@ -1,17 +1,13 @@
 """Read, push and restore Celery's ``LocalStack``\\ s on the current thread.
 
-The one place that goes below Celery's public API.  Every Celery from 4.3 to
-5.7 ships two stack flavours, chosen at import by ``USE_FAST_LOCALS``:
+The one place that goes below Celery's public API.  Celery 4.3 to 5.7 ship
+two flavours, chosen at import by ``USE_FAST_LOCALS``: ``_LocalStack`` (the
+default), ``{ident: {'stack': [...]}}`` in a ``Local``, whose public
+``push``/``pop`` raise and catch ``AttributeError`` on a thread with no entry
+(about 10 us a pair: as much as the pool round trip we ride on); and
+``_FastLocalStack``, a ``threading.local`` with ``push``/``pop`` bound to its list.
 
-- ``_LocalStack`` (the default): ``{ident: {'stack': [...]}}`` in a ``Local``,
-  keyed by thread or greenlet.  Its public ``push``/``top``/``pop`` raise and
-  catch ``AttributeError`` on a thread with no entry yet, which costs about
-  10 us a push/pop pair: as much as the thread-pool round trip we ride on.
-- ``_FastLocalStack``: a ``threading.local`` whose ``push``/``pop`` are bound
-  to the per-thread ``stack`` list.
-
-:func:`plan` turns ``(stack, items)`` pairs into the one step a snapshot runs
-on every activation::
+:func:`plan` turns ``(stack, items)`` pairs into the step a snapshot runs::
 
     step = plan([(task_stack, tasks), (request_stack, requests)])
     token = step.push()      # the stacks now end with the items
@@ -28,41 +24,49 @@ TASK_STACK = _state._task_stack
 _TASK_LOCAL = TASK_STACK._local if type(TASK_STACK) is _IDENT_DICT_STACK else None
 
 
-def read(stack):
-    """The current thread's items on ``stack``, bottom first, as a tuple."""
-    if type(stack) is _IDENT_DICT_STACK:  # read without raising and catching
-        local = stack._local
-        entry = local.__storage__.get(local.__ident_func__())
-        return tuple(entry.get('stack') or ()) if entry else ()
-    return tuple(stack.stack)
-
-
 def read_tasks():
-    """``(tasks, entry)``: the current thread's tasks, and a dict that lives as long as they do.
+    """``(tasks, tops, memo)`` of the current thread, read without raising and catching.
 
-    ``entry`` is the thread's own entry in the default flavour's task stack,
-    which Celery deletes when it pops the last task; None in the other flavour.
+    ``tasks``: the tasks, bottom first.  ``tops``: the request on top of each
+    one's ``request_stack`` (None: none).  ``memo``: a dict that lives exactly
+    as long as the tasks do (the thread's own entry in the default flavour's
+    task stack, which Celery deletes with the last task), or None.
     """
     if _TASK_LOCAL is None:
-        return tuple(TASK_STACK.stack), None
-    entry = _TASK_LOCAL.__storage__.get(_TASK_LOCAL.__ident_func__())
-    return (tuple(entry.get('stack') or ()), entry) if entry else ((), None)
+        tasks, memo, ident_func = tuple(TASK_STACK.stack), None, None
+    else:
+        ident_func = _TASK_LOCAL.__ident_func__
+        ident = ident_func()
+        memo = _TASK_LOCAL.__storage__.get(ident)
+        tasks = tuple(memo.get('stack') or ()) if memo else ()
+    tops = []
+    for task in tasks:
+        stack = getattr(task, 'request_stack', None)  # None on an unbound task class
+        if type(stack) is _IDENT_DICT_STACK:
+            local = stack._local
+            if local.__ident_func__ is not ident_func:  # never, with Celery's locals
+                ident_func, ident = local.__ident_func__, local.__ident_func__()
+            entry = local.__storage__.get(ident)
+            requests = entry.get('stack') if entry else None
+        else:
+            requests = stack.stack if stack is not None else None
+        tops.append(requests[-1] if requests else None)
+    return tasks, tuple(tops), memo
 
 
 class _IdentDictStacks(object):
-    """``_LocalStack``\\ s keyed by one ident function, pushed together.
+    """Default-flavour stacks: a push *replaces* the thread's entry in each.
 
-    A push *replaces* the thread's entry in each with a new one holding the
-    longer list, and a restore puts the saved entry object back (or deletes
-    the new one): whatever the target did to the stacks in between is dropped
-    with it.  ``_LocalStack`` looks its entry up on every call, so nobody
-    holds the old one.
+    The new entry holds the longer list; a restore puts the saved entry
+    object back (or deletes the new one), so whatever the target did to the
+    stacks in between is dropped with it.  ``_LocalStack`` looks its entry up
+    on every call: nobody holds the old one.
     """
 
     __slots__ = ('ident_func', 'parts')
 
     def __init__(self, ident_func, parts):
-        self.ident_func = ident_func
+        self.ident_func = ident_func  # Celery's locals all share one
         self.parts = parts  # ((storage, items as a list), ...)
 
     def push(self):
@@ -84,95 +88,68 @@ class _IdentDictStacks(object):
     def restore(self, saved):
         ident = saved.pop()
         parts = self.parts
-        index = len(saved)
-        while index:  # last pushed, first restored
-            index -= 1
-            entry = saved[index]
+        for index, entry in enumerate(saved):
             if entry is None:  # the thread had no entry: release it, as pop() would
                 parts[index][0].pop(ident, None)
             else:
                 parts[index][0][ident] = entry
 
 
-class _ListStack(object):
-    """``_FastLocalStack``: ``push``/``pop`` are bound to the list, so edit it in place."""
+class _ListStacks(object):
+    """``_FastLocalStack``\\ s: ``push``/``pop`` are bound to the list, so edit it in place."""
 
-    __slots__ = ('items', 'stack')
+    __slots__ = ('parts',)
 
-    def __init__(self, stack, items):
-        self.stack = stack
-        self.items = items
+    def __init__(self, parts):
+        self.parts = parts  # ((stack, items), ...)
 
     def push(self):
-        live = self.stack.stack
-        saved = live[:]
-        live.extend(self.items)
+        saved = []
+        for stack, items in self.parts:
+            live = stack.stack
+            saved.append(live[:])
+            live.extend(items)
         return saved
 
     def restore(self, saved):
-        self.stack.stack[:] = saved
+        for (stack, _), items in zip(self.parts, saved):
+            stack.stack[:] = items
 
 
-class _PublicApiStack(_ListStack):
-    """Any other ``LocalStack``: read like the fast one, push and pop through the public API."""
+class _PublicApiStacks(_ListStacks):
+    """Any other mix of stacks: read ``.stack``, push and pop through the public API."""
 
     __slots__ = ()
 
     def push(self):
-        saved = tuple(self.stack.stack)
-        for item in self.items:
-            self.stack.push(item)
+        saved = []
+        try:
+            for stack, items in self.parts:
+                saved.append(tuple(stack.stack))
+                for item in items:
+                    stack.push(item)
+        except BaseException:  # interrupted half-way: undo what was pushed
+            self.restore(saved)
+            raise
         return saved
 
     def restore(self, saved):
-        stack = self.stack
-        for _ in range(len(stack) - len(saved)):
-            stack.pop()
-        for item in saved[len(stack) :]:  # the target popped some of ours
-            stack.push(item)
-
-
-class _Steps(object):
-    """Several steps as one; a push that fails half-way undoes the steps before it."""
-
-    __slots__ = ('steps',)
-
-    def __init__(self, steps):
-        self.steps = steps
-
-    def push(self):
-        tokens = []
-        try:
-            for step in self.steps:
-                tokens.append(step.push())
-        except BaseException:
-            self.restore(tokens)
-            raise
-        return tokens
-
-    def restore(self, tokens):
-        for step, token in reversed(list(zip(self.steps, tokens))):  # last pushed, first restored
-            step.restore(token)
+        for (stack, _), items in zip(self.parts, saved):
+            for _ in range(len(stack) - len(items)):
+                stack.pop()
+            for item in items[len(stack) :]:  # the target popped some of ours
+                stack.push(item)
 
 
 def plan(pairs):
-    """The one step that pushes each ``(stack, items)`` pair's items; None for no pairs.
-
-    All of Celery's ``_LocalStack``\\ s share one ident function, so they make
-    one group, which asks for the thread's ident once per run.
-    """
-    ident_func, group, steps = None, [], []
+    """The one step that pushes each ``(stack, items)`` pair's items."""
+    ident_funcs, by_entry, listed, public = set(), [], 0, []
     for stack, items in pairs:
-        local = stack._local if type(stack) is _IDENT_DICT_STACK else None
-        if local is not None and (ident_func is None or local.__ident_func__ is ident_func):
-            ident_func = local.__ident_func__
-            group.append((local.__storage__, list(items)))
-        elif type(stack) is _LIST_STACK:
-            steps.append(_ListStack(stack, tuple(items)))
-        else:
-            steps.append(_PublicApiStack(stack, tuple(items)))
-    if group:
-        steps.insert(0, _IdentDictStacks(ident_func, tuple(group)))
-    if len(steps) > 1:
-        return _Steps(tuple(steps))
-    return steps[0] if steps else None
+        if type(stack) is _IDENT_DICT_STACK:
+            ident_funcs.add(stack._local.__ident_func__)
+            by_entry.append((stack._local.__storage__, list(items)))
+        listed += type(stack) is _LIST_STACK
+        public.append((stack, tuple(items)))
+    if len(by_entry) == len(pairs) and len(ident_funcs) == 1:  # Celery's locals share one
+        return _IdentDictStacks(ident_funcs.pop(), tuple(by_entry))
+    return (_ListStacks if listed == len(pairs) else _PublicApiStacks)(tuple(public))

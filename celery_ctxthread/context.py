@@ -30,7 +30,7 @@ from operator import is_
 from celery import _state
 
 from celery_ctxthread import _stacks, guard
-from celery_ctxthread._compat import copy_context, split_fn
+from celery_ctxthread._compat import copy_context
 
 _APP_LOCAL = _state._tls
 # The thread's newest snapshot is kept in its task stack entry (see capture()).
@@ -72,9 +72,9 @@ class TaskContext(object):
         The thread's stacks and current app are restored to exactly what they
         were afterwards, also when ``fn`` raises (``BaseException`` included).
         """
-        self, rest = split_fn(args, 'run')
-        fn, rest = split_fn(rest, 'run')
-        return self._call(fn, rest, kwargs)
+        if len(args) < 2:
+            raise TypeError('run() missing its first positional argument')
+        return args[0]._call(args[1], args[2:], kwargs)
 
     def _call(self, fn, args, kwargs, keep_outer=False):
         """:meth:`run`, for the entry points.
@@ -84,32 +84,30 @@ class TaskContext(object):
         the snapshot's, as if the thread had started in a copy of the
         snapshot's context.
         """
-        celery = self._celery
-        step = celery.step
+        step = self._celery.step
         if step is None:
             return fn(*args, **kwargs)
         # Saved even when the snapshot has no app: the target may make one
         # current, and a pool thread must not keep it for its next job.
         previous_app = _APP_LOCAL.current_app
-        if celery.app is not None:
-            _APP_LOCAL.current_app = celery.app
+        if self._celery.app is not None:
+            _APP_LOCAL.current_app = self._celery.app
         token = None
         try:  # pushed inside the try: the app is put back if the push fails
             token = step.push()
-            vars = self._vars
-            if vars is None:
+            if self._vars is None:
                 return fn(*args, **kwargs)
             outer = copy_context() if keep_outer else None
             if outer:
-                return vars.copy().run(_set_then_call, outer, fn, args, kwargs)
-            return vars.copy().run(fn, *args, **kwargs)
+                return self._vars.copy().run(_set_then_call, outer, fn, args, kwargs)
+            return self._vars.copy().run(fn, *args, **kwargs)
         finally:
             if token is not None:
                 step.restore(token)
             _APP_LOCAL.current_app = previous_app
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.
-            self = celery = step = token = fn = args = kwargs = None
+            self = step = token = fn = args = kwargs = None
 
     def __repr__(self):
         task = self._celery.task
@@ -125,48 +123,37 @@ def _set_then_call(outer, fn, args, kwargs):
 
 
 class _CelerySnapshot(object):
-    """The Celery half of a snapshot: the tasks and requests, the step that pushes them, the app.
+    """The Celery half of a snapshot: the step that pushes the tasks and requests, and the app.
 
-    ``key`` is ``(app, *tasks, *top request of each task)``: captures share a
-    snapshot only while every one is the *same object* (compared with
-    ``is``: nobody's ``__eq__`` is called).
+    ``key`` is ``(app, *tasks, *tops)``: the tasks bottom first, then the
+    request on top of each task's ``request_stack`` (None: none).
     """
 
     __slots__ = ('app', 'key', 'request', 'step', 'task')
 
-    def __init__(self, key, tasks):
-        self.key = key
-        self.app = key[0]
+    def __init__(self, key, tasks, tops):
+        self.key, self.app = key, key[0]
         self.task = tasks[-1] if tasks else None
-        self.request = key[-1] if tasks else None
-        tops = key[1 + len(tasks) :]
-        self.step = _stacks.plan(_sources_of(tasks, tops)) if tasks else None
+        self.request = tops[-1] if tasks else None
+        self.step = _stacks.plan(_pushes(tasks, tops)) if tasks else None
         for request in tops:
             guard.watch(request)
 
 
-def _sources_of(tasks, tops):
-    """The task stack, then each task's request stack once, with its top request.
-
-    ``tops`` are the requests capture() read, one per task (None: none).
-    """
-    sources = [(_stacks.TASK_STACK, tasks)]
+def _pushes(tasks, tops):
+    """The task stack, then each task's request stack once, with its top request."""
+    pushes, seen = [(_stacks.TASK_STACK, tasks)], set()
     for task, top in zip(tasks, tops):
         stack = getattr(task, 'request_stack', None)  # None on an unbound task class
-        # Once per stack, compared by identity: a task may be on the stack twice.
-        if stack is not None and not any(stack is s for s, _ in sources):
+        # Once per stack, by identity (ids of live objects): a task may be on the stack twice.
+        if stack is not None and id(stack) not in seen:
+            seen.add(id(stack))
             # Only the top request: a task without one still gets a restore point.
-            sources.append((stack, () if top is None else (top,)))
-    return sources
+            pushes.append((stack, () if top is None else (top,)))
+    return pushes
 
 
-def _top_request(task):
-    stack = getattr(task, 'request_stack', None)  # None on an unbound task class
-    items = _stacks.read(stack) if stack is not None else ()
-    return items[-1] if items else None
-
-
-_EMPTY = TaskContext(_CelerySnapshot((None,), ()), None)
+_EMPTY = TaskContext(_CelerySnapshot((None,), (), ()), None)
 
 
 def capture():
@@ -175,32 +162,26 @@ def capture():
     Cheap enough to call per job.  Outside any task it returns a shared empty
     snapshot, and running under it is exactly calling the function.
     """
-    tasks, entry = _stacks.read_tasks()
+    tasks, tops, memo = _stacks.read_tasks()
     if not tasks:
         return _EMPTY
     app = _APP_LOCAL.current_app
-    if len(tasks) == 1:  # the usual case: the same key, without map() and two concatenations
-        key = (app, tasks[0], _top_request(tasks[0]))
-    else:
-        key = (app,) + tasks + tuple(map(_top_request, tasks))
-    vars = copy_context() if copy_context is not None else None
-    # Consecutive captures of the same tasks, requests and app share the
-    # thread's newest snapshot, kept in its task stack entry, which Celery
-    # deletes with the last task: a loop of start()s or submit()s in a task
-    # plans the pushes once, and nothing outlives the task.
-    newest = entry.get(_NEWEST) if entry is not None else None
-    if (
-        newest is None
-        or len(newest._celery.key) != len(key)
-        or not all(map(is_, newest._celery.key, key))
-    ):
-        newest = TaskContext(_CelerySnapshot(key, tasks), vars)
+    vars = copy_context()
+    # The thread's newest snapshot is kept in the memo, which Celery deletes
+    # with the last task: a loop of start()s or submit()s in a task plans the
+    # pushes once, and nothing outlives the task.
+    newest = memo.get(_NEWEST) if memo is not None else None
+    key = (app,) + tasks + tops
+    old = newest._celery.key if newest is not None else ()
+    # The same objects, compared with ``is``: nobody's ``__eq__`` runs.
+    if len(old) != len(key) or not all(map(is_, old, key)):
+        newest = TaskContext(_CelerySnapshot(key, tasks, tops), vars)
     elif vars or newest._vars:  # contexts are never compared: each capture its own
         newest = TaskContext(newest._celery, vars)
     else:  # no contextvars at all (or none on 2.7): the same snapshot, whole
         return newest
-    if entry is not None:
-        entry[_NEWEST] = newest
+    if memo is not None:
+        memo[_NEWEST] = newest
     return newest
 
 

@@ -69,15 +69,17 @@ def _submit_in_context(submit, args, kwargs):
             return submit(*args, **kwargs)
     # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our job:
     # what they set for it stays set on top of the snapshot.
-    keep_outer = _wrapped_by_others(submit)
-    _inside_pool.active = True
+    keep_outer = getattr(submit, '__func__', None) is not _STDLIB_SUBMIT and _wrapped_by_others(
+        submit
+    )
+    was_inside, _inside_pool.active = _inside_pool.active, True
     try:
         if RELEASES_WORK_ITEMS:
             # The plain function, not a bound method: one object less per queued job.
             return submit(TaskContext._call, context, fn, args[1:], kwargs, keep_outer)
         return submit(_OneShotJob(context, fn, args[1:], kwargs, keep_outer))
     finally:
-        _inside_pool.active = False
+        _inside_pool.active = was_inside
 
 
 class _JobInContext(object):

@@ -37,7 +37,7 @@ import threading
 
 from celery_ctxthread import _patching
 from celery_ctxthread._compat import TimerBase, split_fn
-from celery_ctxthread._patching import bound
+from celery_ctxthread._patching import binder
 from celery_ctxthread.context import _EMPTY, capture
 from celery_ctxthread.futures import _JobInContext, _passing_submits, _submit_in_context
 from celery_ctxthread.threads import _inside_pool, _start_in_context
@@ -51,20 +51,24 @@ _applied = []  # the MethodPatch objects of the current install()
 
 
 def _propagating_start(original):
+    bind = binder(original)
+
     @functools.wraps(original)
     def start(self):
         if not _enabled:
-            return bound(original, self)()
-        return _start_in_context(self, bound(original, self))
+            return bind(self)()
+        return _start_in_context(self, bind(self))
 
     return start
 
 
 def _propagating_submit(original):
+    bind = binder(original)
+
     @functools.wraps(original)
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), as the stdlib's
         self, args = split_fn(args, 'submit')
-        method = bound(original, self)
+        method = bind(self)
         if not _enabled or _inside_pool.active:  # off, or a job our executor already wrapped
             return method(*args, **kwargs)
         return _submit_in_context(method, args, kwargs)
@@ -75,6 +79,7 @@ def _propagating_submit(original):
 
 def _propagating_pool_job(original):
     """A ``multiprocessing.pool.ThreadPool`` method whose first argument is the job."""
+    bind = binder(original)
 
     @functools.wraps(original)
     def method(self, func, *args, **kwargs):
@@ -82,21 +87,22 @@ def _propagating_pool_job(original):
             context = capture()
             if context is not _EMPTY:
                 func = _JobInContext(context, func)
-        return bound(original, self)(func, *args, **kwargs)
+        return bind(self)(func, *args, **kwargs)
 
     return method
 
 
 def _starting_pool_threads(original):
     """A method that starts a pool's own long-lived threads: they get no context."""
+    bind = binder(original)
 
     @functools.wraps(original)
     def method(self, *args, **kwargs):
         if not _enabled or _inside_pool.active:
-            return bound(original, self)(*args, **kwargs)
+            return bind(self)(*args, **kwargs)
         _inside_pool.active = True
         try:
-            return bound(original, self)(*args, **kwargs)
+            return bind(self)(*args, **kwargs)
         finally:
             _inside_pool.active = False
 

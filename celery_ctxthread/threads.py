@@ -93,14 +93,16 @@ def _start_in_context(thread, start):
     run = thread.run
     if context is _EMPTY or type(run) is _RunInContext or _inside_pool.active:
         return start()
+    had_own_run = 'run' in thread.__dict__
     thread.run = _RunInContext(context, run)
     try:
         return start()
     except BaseException:  # it never started: leave the thread as it was
-        if type(thread.run) is _RunInContext:
-            del thread.run
-            if thread.run != run:  # it had a run of its own on the instance
+        if type(thread.__dict__.get('run')) is _RunInContext:
+            if had_own_run:
                 thread.run = run
+            else:
+                del thread.run
         raise
 
 

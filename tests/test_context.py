@@ -259,13 +259,13 @@ class PublicOnlyStack(object):
 def test_unknown_stack_flavours_get_the_public_api_and_are_restored():
     stack = PublicOnlyStack()
     step = _stacks.plan([(stack, ('b', 'c'))])
-    assert type(step) is _stacks._PublicApiStack
+    assert type(step) is _stacks._PublicApiStacks
     stack.push('a')
     token = step.push()
-    assert _stacks.read(stack) == ('a', 'b', 'c')
+    assert tuple(stack.stack) == ('a', 'b', 'c')
     del stack.stack[:]  # the target popped below us
     step.restore(token)
-    assert _stacks.read(stack) == ('a',)
+    assert tuple(stack.stack) == ('a',)
 
 
 class FailingPushStack(PublicOnlyStack):
@@ -289,7 +289,9 @@ def test_a_push_that_fails_half_way_is_undone():
 
 
 def test_the_default_flavour_is_detected():
-    expected = _stacks._ListStack if os.environ.get('USE_FAST_LOCALS') else _stacks._IdentDictStacks
+    expected = (
+        _stacks._ListStacks if os.environ.get('USE_FAST_LOCALS') else _stacks._IdentDictStacks
+    )
     assert type(_stacks.plan([(_state._task_stack, ())])) is expected
 
 

@@ -472,6 +472,42 @@ def test_a_failed_start_leaves_the_thread_as_it_was_and_a_retry_uses_the_new_con
     assert seen == [(None, 0), ('second', 1)]
 
 
+class _TouchyThread(cct.TaskThread):
+    """A thread whose ``__eq__`` must never be called by us."""
+
+    def __eq__(self, other):
+        raise AssertionError('celery_ctxthread compared a thread with ==')
+
+    __hash__ = threading.Thread.__hash__
+
+
+@pytest.mark.parametrize('own_run', [False, True], ids=['class-run', 'instance-run'])
+def test_a_failed_start_restores_run_by_identity(monkeypatch, own_run):
+    """After a failed start the thread's ``run`` is what it was: a run set on the
+    instance stays, the class's is not copied onto it, and no ``__eq__`` runs."""
+    name = '_start_joinable_thread' if hasattr(threading, '_start_joinable_thread') else None
+    name = name or '_start_new_thread'
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    def instance_run():
+        return None
+
+    thread = _TouchyThread()
+    if own_run:
+        thread.run = instance_run
+    with running(probe, 'first'):
+        monkeypatch.setattr(threading, name, refuse)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            thread.start()
+        monkeypatch.undo()
+    if own_run:
+        assert thread.__dict__['run'] is instance_run
+    else:
+        assert 'run' not in thread.__dict__
+
+
 class _nothing(object):
     """A do-nothing context manager (``contextlib.nullcontext`` is 3.7+)."""
 

@@ -540,5 +540,5 @@ def test_the_property_holds_with_use_fast_locals():
 
 def test_the_stack_flavour_follows_use_fast_locals():
     fast = bool(os.environ.get('USE_FAST_LOCALS'))
-    expected = _stacks._ListStack if fast else _stacks._IdentDictStacks
+    expected = _stacks._ListStacks if fast else _stacks._IdentDictStacks
     assert type(_stacks.plan([(_state._task_stack, ())])) is expected
