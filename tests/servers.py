@@ -22,6 +22,20 @@ wait_until = _process.wait_until
 
 LOOPBACK = '127.0.0.1'
 
+
+def pid_alive(pid):
+    """Whether process ``pid`` runs: a zombie (exited, not yet reaped) does not."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        with open('/proc/%d/stat' % pid) as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (IOError, OSError):  # no /proc: kill() said it exists
+        return True
+
+
 # Looked at after $PATH.  Debian puts the real RabbitMQ start script in
 # /usr/lib/rabbitmq/bin; /usr/sbin/rabbitmq-server is a wrapper that switches
 # to the ``rabbitmq`` user when run as root, so the real script comes first.

@@ -32,6 +32,7 @@ from kombu.transport import filesystem
 from celery_ctxthread.__main__ import build_parser
 from celery_ctxthread._demo import _app as demo_app
 from celery_ctxthread._demo import _cli as cli
+from tests.servers import pid_alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = [sys.executable, '-m', 'celery_ctxthread', 'demo']
@@ -81,22 +82,6 @@ def closed_port():
     port = sock.getsockname()[1]
     sock.close()
     return port
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as stat:
-            return stat.read().rsplit(')', 1)[1].split()[0] == 'Z'
-    except (IOError, OSError):
-        return False
 
 
 def test_plain_threads_lose_progress_cct_threads_deliver_it():
@@ -159,7 +144,7 @@ def test_ctrl_c_stops_the_worker():
     assert process.returncode == 130, out + err
     assert time.time() - started < 10
     assert 'interrupted' in err.decode() and 'Traceback' not in err.decode()
-    assert not alive(worker_pid), 'orphaned worker %d' % worker_pid
+    assert not pid_alive(worker_pid), 'orphaned worker %d' % worker_pid
 
 
 def _read_until_run(process, number):

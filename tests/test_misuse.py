@@ -441,17 +441,21 @@ def test_starting_twice_raises_the_stdlibs_runtimeerror(in_task):
     assert errors[0] == errors[1]
 
 
+def _refuse_thread_starts(monkeypatch):
+    """Make every thread start fail in the stdlib, as when the process is out of threads."""
+    name = '_start_joinable_thread' if hasattr(threading, '_start_joinable_thread') else None
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading, name or '_start_new_thread', refuse)
+
+
 def test_a_failed_start_leaves_the_thread_as_it_was_and_a_retry_uses_the_new_context(
     monkeypatch,
 ):
     """Thread creation failing (e.g. out of threads) raises the stdlib's error; the
     thread is left unwrapped, and a later start() captures afresh and wraps once."""
-    name = '_start_joinable_thread' if hasattr(threading, '_start_joinable_thread') else None
-    name = name or '_start_new_thread'
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("can't start new thread")
-
     seen = []
 
     def record():
@@ -459,7 +463,7 @@ def test_a_failed_start_leaves_the_thread_as_it_was_and_a_retry_uses_the_new_con
 
     stdlib_thread, ours = threading.Thread(target=record), cct.TaskThread(target=record)
     with running(probe, 'first'):
-        monkeypatch.setattr(threading, name, refuse)
+        _refuse_thread_starts(monkeypatch)
         for thread in (stdlib_thread, ours):
             with pytest.raises(RuntimeError, match="can't start new thread"):
                 thread.start()
@@ -485,11 +489,6 @@ class _TouchyThread(cct.TaskThread):
 def test_a_failed_start_restores_run_by_identity(monkeypatch, own_run):
     """After a failed start the thread's ``run`` is what it was: a run set on the
     instance stays, the class's is not copied onto it, and no ``__eq__`` runs."""
-    name = '_start_joinable_thread' if hasattr(threading, '_start_joinable_thread') else None
-    name = name or '_start_new_thread'
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("can't start new thread")
 
     def instance_run():
         return None
@@ -498,7 +497,7 @@ def test_a_failed_start_restores_run_by_identity(monkeypatch, own_run):
     if own_run:
         thread.run = instance_run
     with running(probe, 'first'):
-        monkeypatch.setattr(threading, name, refuse)
+        _refuse_thread_starts(monkeypatch)
         with pytest.raises(RuntimeError, match="can't start new thread"):
             thread.start()
         monkeypatch.undo()

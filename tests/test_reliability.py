@@ -32,7 +32,7 @@ from celery.result import ResultSet
 
 from tests.conftest import BACKEND_KINDS, CONCURRENT_POOLS, POOLS, _combos, _worker
 from tests.integration_tasks import read_json, touch
-from tests.servers import wait_until
+from tests.servers import pid_alive, wait_until
 
 RESULT_TIMEOUT = 30.0
 FILE_TIMEOUT = 30.0
@@ -55,14 +55,6 @@ LINGER = 90.0  # how long the lingering thread would sleep: longer than the boun
 def warning_lines(worker, task_id):
     needle = 'celery_ctxthread.guard: task %s ended' % task_id
     return [line for line in worker.log_text().splitlines() if needle in line]
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(scope='module', params=_combos(BACKEND_KINDS, CONCURRENT_POOLS))

@@ -1,4 +1,4 @@
-"""eventlet: raw green threads need wrap(); TaskThread and the executor just work."""
+"""eventlet: a GreenPool's jobs need wrap(); TaskThread and the executor just work."""
 
 import eventlet
 from celery import Celery, current_task
@@ -8,11 +8,9 @@ import celery_ctxthread as cct
 app = Celery('proj')
 
 
-def work(part):
-    return part, current_task.request.id if current_task else None
-
-
 @app.task
 def crunch(parts):
-    jobs = [eventlet.spawn(cct.wrap(work), part) for part in parts]
-    return [job.wait() for job in jobs]
+    def work(part):  # a green thread of the pool, in crunch's context through wrap()
+        return part, current_task.request.id if current_task else None
+
+    return list(eventlet.GreenPool(size=10).imap(cct.wrap(work), parts))
