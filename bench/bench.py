@@ -474,6 +474,13 @@ def counted_workload(workload, variant):
             cct.install()
         return threads_of(threading.Thread)
     enter_task()
+    ours = variant in ('ours', 'fastlocals')
+    if workload == 'capture':
+        return calls_of(cct.capture if ours else noop)
+    if workload == 'run':
+        context = cct.capture()
+        call = (lambda: context.run(noop)) if ours else (lambda: noop())
+        return on_fresh_thread(calls_of(call))
     if workload == 'thread':
         return threads_of(cct.TaskThread if variant == 'ours' else threading.Thread)
     if variant == 'otel':
@@ -492,6 +499,9 @@ COUNTED = (
     ('map', 'executor map (1 worker), in a task', 10000, ('ours',)),
     ('submit', 'executor submit().result(), in a task', 3000, ('ours', 'otel')),
     ('outside', 'Thread start+join, install() outside a task', 1000, ('ours',)),
+    # One thread each, so no scheduling in the count: these repeat to the instruction.
+    ('capture', 'capture(), in a task', 5000, ('ours', 'fastlocals')),
+    ('run', 'TaskContext.run(noop), on a fresh thread', 5000, ('ours', 'fastlocals')),
 )
 
 
@@ -509,7 +519,11 @@ def instructions(workload, variant, ops):
         variant,
         str(ops),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = dict(os.environ)
+    env.pop('USE_FAST_LOCALS', None)
+    if variant == 'fastlocals':  # Celery's other LocalStack flavour, read at its import
+        env['USE_FAST_LOCALS'] = '1'
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _, err = process.communicate()
     lines = err.decode('utf-8', 'replace').splitlines()
     counts = [line for line in lines if 'I' in line and 'refs:' in line]
@@ -532,7 +546,11 @@ def report_instructions():
     for workload, label, ops, variants in COUNTED:
         bare = per_operation(workload, 'bare', ops)
         for variant in variants:
-            name = {'ours': 'celery-ctxthread', 'otel': 'OpenTelemetry'}[variant]
+            name = {
+                'ours': 'celery-ctxthread',
+                'fastlocals': 'celery-ctxthread, USE_FAST_LOCALS',
+                'otel': 'OpenTelemetry',
+            }[variant]
             try:
                 mine = per_operation(workload, variant, ops)
             except RuntimeError as error:  # e.g. a peer that is not installed

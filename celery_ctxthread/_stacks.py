@@ -75,13 +75,11 @@ class _IdentDictStacks(object):
         for storage, items in self.parts:
             entry = storage.get(ident)
             saved.append(entry)
-            if not items:  # pushing nothing must not create an entry: pop() differs
-                continue
-            # A new list each time: runs in several threads share `items`.
-            if entry is None:
-                storage[ident] = {'stack': items[:]}
-            else:
-                storage[ident] = {'stack': (entry.get('stack') or []) + items}
+            if items:  # pushing nothing must not create an entry: pop() differs
+                # A new list each time: runs in several threads share `items`.
+                storage[ident] = {
+                    'stack': (entry.get('stack') or []) + items if entry else items[:]
+                }
         saved.append(ident)  # the token: the entries replaced, then the ident
         return saved
 
