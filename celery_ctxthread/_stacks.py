@@ -39,6 +39,8 @@ def read_tasks():
         ident = ident_func()
         memo = _TASK_LOCAL.__storage__.get(ident)
         tasks = tuple(memo.get('stack') or ()) if memo else ()
+    if not tasks:  # outside any task: what everybody else in the process pays
+        return (), (), None
     tops = []
     for task in tasks:
         stack = getattr(task, 'request_stack', None)  # None on an unbound task class
@@ -55,13 +57,10 @@ def read_tasks():
 
 
 class _IdentDictStacks(object):
-    """Default-flavour stacks: a push *replaces* the thread's entry in each.
-
-    The new entry holds the longer list; a restore puts the saved entry
-    object back (or deletes the new one), so whatever the target did to the
-    stacks in between is dropped with it.  ``_LocalStack`` looks its entry up
-    on every call: nobody holds the old one.
-    """
+    """Default-flavour stacks: a push *replaces* the thread's entry in each with
+    one holding the longer list, and a restore puts the saved entry back (or
+    deletes the new one): whatever the target did in between goes with it.
+    ``_LocalStack`` looks its entry up on every call, so nobody holds the old one."""
 
     __slots__ = ('ident_func', 'parts')
 

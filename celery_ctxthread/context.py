@@ -77,13 +77,9 @@ class TaskContext(object):
         return args[0]._call(args[1], args[2:], kwargs)
 
     def _call(self, fn, args, kwargs, keep_outer=False):
-        """:meth:`run`, for the entry points.
-
-        ``keep_outer``: the contextvars that wrappers around this call have
-        set (Sentry's forked scopes around a thread's run) stay set on top of
-        the snapshot's, as if the thread had started in a copy of the
-        snapshot's context.
-        """
+        """:meth:`run`, for the entry points.  ``keep_outer``: the contextvars that
+        wrappers around this call set (Sentry's forked scope around a thread's
+        run) stay set on top of the snapshot's."""
         step = self._celery.step
         if step is None:
             return fn(*args, **kwargs)
@@ -123,11 +119,8 @@ def _set_then_call(outer, fn, args, kwargs):
 
 
 class _CelerySnapshot(object):
-    """The Celery half of a snapshot: the step that pushes the tasks and requests, and the app.
-
-    ``key`` is ``(app, *tasks, *tops)``: the tasks bottom first, then the
-    request on top of each task's ``request_stack`` (None: none).
-    """
+    """The Celery half of a snapshot, shared by captures of the same ``key``:
+    ``(app, *tasks, *tops)``, as :func:`_stacks.read_tasks` reads them."""
 
     __slots__ = ('app', 'key', 'request', 'step', 'task')
 

@@ -90,8 +90,10 @@ def _start_in_context(thread, start):
     already wrapped (then ``start()`` raises as the stdlib does when started twice).
     """
     context = capture()  # first: outside a task nothing else is looked at
+    if context is _EMPTY:
+        return start()
     run = thread.run
-    if context is _EMPTY or type(run) is _RunInContext or _inside_pool.active:
+    if type(run) is _RunInContext or _inside_pool.active:
         return start()
     had_own_run = 'run' in thread.__dict__
     thread.run = _RunInContext(context, run)

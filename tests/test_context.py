@@ -179,6 +179,10 @@ def _use_every_entry_point():
         list(pool.map(lambda _: observe(), range(3)))
         pool.submit(observe).result(10)
     cct.submit(observe).result(10)
+    # submit()'s thread sets the result from inside the context, then leaves it.
+    for thread in threading.enumerate():
+        if isinstance(thread, cct.TaskThread):
+            thread.join(10)
     cct.wrap(observe)()
     return request
 
