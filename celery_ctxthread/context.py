@@ -93,9 +93,10 @@ class TaskContext(object):
             token = step.push()
             if self._vars is None:
                 return fn(*args, **kwargs)
-            outer = copy_context() if keep_outer else None
-            if outer:
-                return self._vars.copy().run(_set_then_call, outer, fn, args, kwargs)
+            if keep_outer:
+                outer = copy_context()
+                if outer:
+                    return self._vars.copy().run(_set_then_call, outer, fn, args, kwargs)
             return self._vars.copy().run(fn, *args, **kwargs)
         finally:
             if token is not None:

@@ -69,9 +69,8 @@ def _submit_in_context(submit, args, kwargs):
             return submit(*args, **kwargs)
     # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our job:
     # what they set for it stays set on top of the snapshot.
-    keep_outer = getattr(submit, '__func__', None) is not _STDLIB_SUBMIT and _wrapped_by_others(
-        submit
-    )
+    stdlib = getattr(submit, '__func__', None) is _STDLIB_SUBMIT
+    keep_outer = not stdlib and _wrapped_by_others(submit)
     was_inside, _inside_pool.active = _inside_pool.active, True
     try:
         if RELEASES_WORK_ITEMS:
