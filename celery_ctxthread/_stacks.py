@@ -83,13 +83,14 @@ class _IdentDictStacks(object):
         return saved
 
     def restore(self, saved):
-        ident = saved.pop()
-        parts = self.parts
-        for index, entry in enumerate(saved):
-            if entry is None:  # the thread had no entry: release it, as pop() would
+        ident, parts = saved[-1], self.parts
+        index = len(parts)
+        while index:  # an index walk: cheaper than zip() or enumerate() here
+            index -= 1
+            if saved[index] is None:  # the thread had no entry: release it, as pop() would
                 parts[index][0].pop(ident, None)
             else:
-                parts[index][0][ident] = entry
+                parts[index][0][ident] = saved[index]
 
 
 class _ListStacks(object):

@@ -80,31 +80,32 @@ class TaskContext(object):
         """:meth:`run`, for the entry points.  ``keep_outer``: the contextvars that
         wrappers around this call set (Sentry's forked scope around a thread's
         run) stay set on top of the snapshot's."""
-        step = self._celery.step
+        celery, vars = self._celery, self._vars
+        step = celery.step
         if step is None:
             return fn(*args, **kwargs)
         # Saved even when the snapshot has no app: the target may make one
         # current, and a pool thread must not keep it for its next job.
         previous_app = _APP_LOCAL.current_app
-        if self._celery.app is not None:
-            _APP_LOCAL.current_app = self._celery.app
+        if celery.app is not None:
+            _APP_LOCAL.current_app = celery.app
         token = None
         try:  # pushed inside the try: the app is put back if the push fails
             token = step.push()
-            if self._vars is None:
+            if vars is None:
                 return fn(*args, **kwargs)
             if keep_outer:
                 outer = copy_context()
                 if outer:
-                    return self._vars.copy().run(_set_then_call, outer, fn, args, kwargs)
-            return self._vars.copy().run(fn, *args, **kwargs)
+                    return vars.copy().run(_set_then_call, outer, fn, args, kwargs)
+            return vars.copy().run(fn, *args, **kwargs)
         finally:
             if token is not None:
                 step.restore(token)
             _APP_LOCAL.current_app = previous_app
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.
-            self = step = token = fn = args = kwargs = None
+            self = celery = vars = step = token = fn = args = kwargs = None
 
     def __repr__(self):
         task = self._celery.task

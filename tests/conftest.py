@@ -18,6 +18,16 @@ import pytest
 
 from tests import servers
 
+try:
+    import contextvars
+except ImportError:  # Python 2.7
+    contextvars = None
+
+# For the tests that need contextvars; imported from here by their modules.
+needs_contextvars = pytest.mark.skipif(
+    contextvars is None, reason='contextvars: Python 3.7+, or the backport on 3.6'
+)
+
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TESTS_DIR)
 WORKER_APP = 'tests.integration_tasks'

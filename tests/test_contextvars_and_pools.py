@@ -22,16 +22,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import pytest
 
 import celery_ctxthread as cct
+from tests.conftest import contextvars, needs_contextvars
 from tests.tasks_inprocess import current_id, other, probe, running
-
-try:
-    import contextvars
-except ImportError:  # Python 2.7
-    contextvars = None
-
-needs_contextvars = pytest.mark.skipif(
-    contextvars is None, reason='contextvars: Python 3.7+, or the backport on 3.6'
-)
 
 TIMEOUT = 10
 

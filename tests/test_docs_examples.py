@@ -27,6 +27,7 @@ from celery import _state
 from celery.signals import worker_init
 
 import celery_ctxthread as cct
+from tests.conftest import needs_contextvars
 from tests.servers import wait_until
 from tests.tasks_inprocess import probe, run_bounded, running
 
@@ -38,15 +39,6 @@ EAGER = {
     'task_always_eager': True,
     'task_eager_propagates': True,
 }
-
-try:
-    import contextvars
-except ImportError:  # Python 2.7
-    contextvars = None
-
-needs_contextvars = pytest.mark.skipif(
-    contextvars is None, reason='contextvars: Python 3.7+, or the backport on 3.6'
-)
 
 
 def _import_file(name, path):

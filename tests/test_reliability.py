@@ -385,6 +385,14 @@ def test_killed_prefork_child_fails_its_task_and_the_next_tasks_are_clean(dedica
 # -------------------------------- 4. warm shutdown with a live TaskThread
 
 
+def _sigterm_main_process(worker):
+    """SIGTERM to the main process only, as an init system sends it: (exited in time, seconds)."""
+    started = time.time()
+    os.kill(worker.main_pid, signal.SIGTERM)
+    exited = wait_until(lambda: not worker.process.alive(), SHUTDOWN_BOUND, interval=0.1)
+    return exited, time.time() - started
+
+
 @pytest.mark.parametrize('pool', [pool for pool in ('prefork', 'threads') if pool in POOLS])
 def test_warm_shutdown_with_a_lingering_non_daemon_thread(dedicated_worker, tmpdir, pool):
     """prefork: the child process exits without joining the thread, so the
@@ -395,10 +403,7 @@ def test_warm_shutdown_with_a_lingering_non_daemon_thread(dedicated_worker, tmpd
     stop_file = os.path.join(str(tmpdir), 'stop-lingering')
     result = worker.client.send_task(LEAVE_THREAD, args=[stop_file, LINGER])
     info = result.get(timeout=RESULT_TIMEOUT)
-    started = time.time()
-    os.kill(worker.main_pid, signal.SIGTERM)  # the main process only, as an init system would
-    exited = wait_until(lambda: not worker.process.alive(), SHUTDOWN_BOUND, interval=0.1)
-    took = time.time() - started
+    exited, took = _sigterm_main_process(worker)
     touch(stop_file)  # let the thread end: the worker, if still waiting, exits now
     exited_after_release = wait_until(lambda: not worker.process.alive(), 15.0, interval=0.1)
     print(
@@ -426,10 +431,7 @@ def test_warm_shutdown_on_the_solo_pool_waits_for_a_lingering_non_daemon_thread(
     result = worker.client.send_task(LEAVE_THREAD, args=[stop_file, LINGER])
     info = result.get(timeout=RESULT_TIMEOUT)
     assert info['pid'] == worker.main_pid, 'solo runs the task in the main process'
-    started = time.time()
-    os.kill(worker.main_pid, signal.SIGTERM)  # the main process only, as an init system would
-    exited = wait_until(lambda: not worker.process.alive(), SHUTDOWN_BOUND, interval=0.1)
-    took = time.time() - started
+    exited, took = _sigterm_main_process(worker)
     warm = 'Warm shutdown' in worker.log_text() or 'warm shutdown' in worker.log_text()
     touch(stop_file)  # let the thread end: the worker, if still waiting, exits now
     exited_after_release = wait_until(lambda: not worker.process.alive(), 15.0, interval=0.1)
