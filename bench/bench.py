@@ -519,7 +519,8 @@ def instructions(workload, variant, ops):
         variant,
         str(ops),
     ]
-    env = dict(os.environ)
+    # One hash seed for every run: dict layouts, and so the counts, repeat.
+    env = dict(os.environ, PYTHONHASHSEED='0')
     env.pop('USE_FAST_LOCALS', None)
     if variant == 'fastlocals':  # Celery's other LocalStack flavour, read at its import
         env['USE_FAST_LOCALS'] = '1'

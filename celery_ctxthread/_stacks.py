@@ -41,9 +41,12 @@ def read_tasks():
         tasks = tuple(memo.get('stack') or ()) if memo else ()
     if not tasks:  # outside any task: what everybody else in the process pays
         return (), (), None
-    tops = []
+    tops = ()
     for task in tasks:
-        stack = getattr(task, 'request_stack', None)  # None on an unbound task class
+        try:
+            stack = task.request_stack
+        except AttributeError:  # an unbound task class
+            stack = None
         if type(stack) is _IDENT_DICT_STACK:
             local = stack._local
             if local.__ident_func__ is not ident_func:  # never, with Celery's locals
@@ -52,8 +55,8 @@ def read_tasks():
             requests = entry.get('stack') if entry else None
         else:
             requests = stack.stack if stack is not None else None
-        tops.append(requests[-1] if requests else None)
-    return tasks, tuple(tops), memo
+        tops += (requests[-1] if requests else None,)  # usually one task: no list
+    return tasks, tops, memo
 
 
 class _IdentDictStacks(object):

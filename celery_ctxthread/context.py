@@ -72,9 +72,13 @@ class TaskContext(object):
         The thread's stacks and current app are restored to exactly what they
         were afterwards, also when ``fn`` raises (``BaseException`` included).
         """
-        if len(args) < 2:
+        try:  # cheaper than checking len(args) first
+            self, fn = args[0], args[1]
+        except IndexError:
+            self = None  # raised below, so that no IndexError is chained to it
+        if self is None:
             raise TypeError('run() missing its first positional argument')
-        return args[0]._call(args[1], args[2:], kwargs)
+        return self._call(fn, args[2:], kwargs)
 
     def _call(self, fn, args, kwargs, keep_outer=False):
         """:meth:`run`, for the entry points.  ``keep_outer``: the contextvars that
