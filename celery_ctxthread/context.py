@@ -75,9 +75,9 @@ class TaskContext(object):
         try:  # cheaper than checking len(args) first
             self, fn = args[0], args[1]
         except IndexError:
-            self = None  # raised below, so that no IndexError is chained to it
-        if self is None:
-            raise TypeError('run() missing its first positional argument')
+            error = TypeError('run() missing its first positional argument')
+            error.__suppress_context__ = True  # ``from None``, which 2.7 cannot parse
+            raise error
         return self._call(fn, args[2:], kwargs)
 
     def _call(self, fn, args, kwargs, keep_outer=False):
