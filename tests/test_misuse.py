@@ -399,7 +399,7 @@ def test_a_target_s_own_fn_keyword_reaches_it_through_every_entry_point():
     ids=['submit', 'run', 'executor-submit'],
 )
 def test_an_entry_point_called_without_a_callable_raises_typeerror(call):
-    with pytest.raises(TypeError, match=r'missing|arguments') as raised:
+    with pytest.raises(TypeError, match='argument') as raised:
         call()
     error = raised.value  # nothing chained to it, or shown as chained
     assert getattr(error, '__context__', None) is None or error.__suppress_context__
