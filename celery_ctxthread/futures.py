@@ -69,8 +69,7 @@ def _submit_in_context(submit, args, kwargs):
             return submit(*args, **kwargs)
     # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our job:
     # what they set for it stays set on top of the snapshot.
-    stdlib = getattr(submit, '__func__', None) is _STDLIB_SUBMIT
-    keep_outer = not stdlib and _wrapped_by_others(submit)
+    keep_outer = _wrapped_by_others(submit)
     was_inside, _inside_pool.active = _inside_pool.active, True
     try:
         if RELEASES_WORK_ITEMS:
