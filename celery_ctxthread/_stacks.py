@@ -154,3 +154,32 @@ def plan(pairs):
     if len(by_entry) == len(pairs) and len(ident_funcs) == 1:  # Celery's locals share one
         return _IdentDictStacks(ident_funcs.pop(), tuple(by_entry))
     return (_ListStacks if listed == len(pairs) else _PublicApiStacks)(tuple(public))
+
+
+def task_backend_seat(app):
+    """``(app._local, backend)``: the result backend the calling thread uses for
+    ``app``, and where Celery keeps it per thread; None where there is nothing
+    to share.
+
+    Celery 5 gives every thread that touches ``app.backend`` a backend of its
+    own (unless :setting:`result_backend_thread_safe`), and a Redis or SQL
+    backend's connection outlives a dead thread until the cyclic collector
+    frees it.  A task's threads borrow their task's instead: stores through it
+    are thread-safe (a Redis client's pool, the rpc producer pool, an SQL
+    session per store), and the guard serialises the stores of one task.
+    Celery 4 (one backend per app) and thread-safe backends share already.
+    Built here, in the task's thread, if the task has not used it yet: the
+    task stores its final state with it.
+    """
+    local = getattr(app, '_local', None)
+    if local is None:  # Celery 4
+        return None
+    backend = getattr(local, 'backend', None)
+    if backend is None and getattr(app, '_backend_cache', None) is None:
+        try:
+            backend = app.backend
+        except Exception:  # a backend that cannot be built: let the thread fail as it would
+            return None
+    if backend is None or getattr(local, 'backend', None) is not backend:
+        return None  # result_backend_thread_safe: Celery shares it itself
+    return local, backend

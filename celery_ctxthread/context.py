@@ -93,6 +93,11 @@ class TaskContext(object):
         previous_app = _APP_LOCAL.current_app
         if celery.app is not None:
             _APP_LOCAL.current_app = celery.app
+        seat = celery.backend_seat
+        if seat is not None:  # the task's backend: see _stacks.task_backend_seat
+            backend_local, backend = seat
+            previous_backend = getattr(backend_local, 'backend', None)
+            backend_local.backend = backend
         token = None
         try:  # pushed inside the try: the app is put back if the push fails
             token = step.push()
@@ -106,10 +111,16 @@ class TaskContext(object):
         finally:
             if token is not None:
                 step.restore(token)
+            if seat is not None:
+                if previous_backend is None:  # the thread had none: it is left with none
+                    backend_local.__dict__.pop('backend', None)
+                else:
+                    backend_local.backend = previous_backend
             _APP_LOCAL.current_app = previous_app
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.
             self = celery = vars = step = token = fn = args = kwargs = None
+            seat = backend = previous_backend = None
 
     def __repr__(self):
         task = self._celery.task
@@ -128,15 +139,24 @@ class _CelerySnapshot(object):
     """The Celery half of a snapshot, shared by captures of the same ``key``:
     ``(app, *tasks, *tops)``, as :func:`_stacks.read_tasks` reads them."""
 
-    __slots__ = ('app', 'key', 'request', 'step', 'task')
+    __slots__ = ('app', 'backend_seat', 'key', 'request', 'step', 'task')
 
     def __init__(self, key, tasks, tops):
         self.key, self.app = key, key[0]
         self.task = tasks[-1] if tasks else None
         self.request = tops[-1] if tasks else None
         self.step = _stacks.plan(_pushes(tasks, tops)) if tasks else None
+        self.backend_seat = _backend_seat(self.task) if tasks else None
         for request in tops:
             guard.watch(request)
+
+
+def _backend_seat(task):
+    try:
+        app = task.app
+    except Exception:  # not a bound task: nothing to share
+        return None
+    return _stacks.task_backend_seat(app)
 
 
 def _pushes(tasks, tops):

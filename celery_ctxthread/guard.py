@@ -18,16 +18,21 @@ is dropped.
 
 "Stored" is decided where Celery's tracer stores it: the backend's
 ``mark_as_done``, ``mark_as_failure`` and ``mark_as_revoked``, called with the
-task's request.  The request is marked just *before* the store, so every
-update checked after that is dropped.  Without the guard, Redis and the
-database backend let a straggler turn a stored FAILURE or REVOKED back into
-PROGRESS, and an rpc client may see PROGRESS after SUCCESS.
+task's request.  Each captured request has one lock, and every store for it
+goes through that lock: an ``update_state`` checks and stores while holding
+it, and the final store marks the request and stores while holding it.  So
+the final store waits for an update already in flight (never for a thread
+that is merely alive), and every update that comes after it is dropped: the
+final state is the last word.  Without the guard, Redis and the database
+backend let a straggler turn a stored FAILURE or REVOKED back into PROGRESS,
+a straggler's read-then-write store may even replace SUCCESS, and an rpc
+client may see PROGRESS after SUCCESS.
 
 The same bookkeeping refuses ``self.retry()`` from a propagated thread: Celery
 would publish the retry and the task would carry on, so it would run twice.
 
-What it cannot stop: a direct ``backend.store_result(...)``, and an update
-already past the check when the task stores its final state.
+What it cannot stop: a direct ``backend.store_result(...)``, which goes around
+``update_state``.
 
 The wrappers are put in place when ``celery_ctxthread`` is imported: Celery
 4.3 to 5.1 bind ``backend.mark_as_done`` into a task's tracer when they build
@@ -58,13 +63,18 @@ _guard_set_up = []
 class _Watch(object):
     """What the guard knows of one captured request."""
 
-    __slots__ = ('ended', 'finished', 'owner', 'warned')
+    __slots__ = ('ended', 'finished', 'lock', 'owner', 'warned')
 
     def __init__(self, owner):
         self.owner = weakref.ref(owner)  # the task's own thread: the first to capture it
-        self.finished = False  # its final state is stored, or about to be
+        self.finished = False  # its final state is stored, or being stored
         self.ended = False  # the task has returned (task_postrun)
         self.warned = set()  # idents of the threads already warned
+        # Held by every store for this request: an update checks and stores
+        # under it, the final store marks and stores under it.  Re-entrant:
+        # a store may call back into the task's own hooks.  Made now, not at
+        # import, so that it is a green lock under gevent and eventlet.
+        self.lock = threading.RLock()
 
     def from_elsewhere(self):
         return self.ended or self.owner() is not threading.current_thread()
@@ -123,9 +133,11 @@ def _marking_finished(store):
         if checks_ignore_result and getattr(request, 'ignore_result', False):
             stored = False  # mark_as_done then stores nothing (Celery 5)
         watched = _watch_of(request) if request is not None else None
-        if watched is not None and stored and getattr(request, 'id', None) == task_id:
+        if watched is None or not stored or getattr(request, 'id', None) != task_id:
+            return store(self, task_id, *args, **kwargs)
+        with watched.lock:  # after any update in flight; before every later one
             watched.finished = True
-        return store(self, task_id, *args, **kwargs)
+            return store(self, task_id, *args, **kwargs)
 
     return mark_then_store
 
@@ -135,15 +147,13 @@ def _guarded_update_state(update_state):
     def guarded_update_state(self, task_id=None, state=None, meta=None, **kwargs):
         request = self.request
         watched = _watch_of(request)
-        if (
-            watched is not None
-            and watched.finished
-            and (task_id is None or task_id == request.id)
-            and watched.from_elsewhere()
-        ):
-            _warn_once(watched, request, state)
-            return None
-        return update_state(self, task_id, state, meta, **kwargs)
+        if watched is None or (task_id is not None and task_id != request.id):
+            return update_state(self, task_id, state, meta, **kwargs)
+        with watched.lock:  # checked and stored in one step: see the module's docstring
+            if watched.finished and watched.from_elsewhere():
+                _warn_once(watched, request, state)
+                return None
+            return update_state(self, task_id, state, meta, **kwargs)
 
     return guarded_update_state
 

@@ -318,11 +318,12 @@ class DedicatedWorker(WorkerHandle):
 
     counter = [0]
 
-    def __init__(self, kind, pool, server, work_dir, label, concurrency=4):
+    def __init__(self, kind, pool, server, work_dir, label, concurrency=4, extra_env=None):
         self.counter[0] += 1
         name = 'own-%s-%d-%s-%s' % (label, self.counter[0], kind, pool)
+        self.server = server
         super(DedicatedWorker, self).__init__(
-            kind, pool, server, work_dir, name=name, concurrency=concurrency
+            kind, pool, server, work_dir, extra_env, name=name, concurrency=concurrency
         )
 
     @property
@@ -332,12 +333,13 @@ class DedicatedWorker(WorkerHandle):
 
 @pytest.fixture
 def dedicated_worker(request, work_dir):
-    """A factory: ``dedicated_worker(kind, pool, label, concurrency=4)`` starts a
-    worker used by this test only; every one it started is stopped afterwards."""
+    """A factory: ``dedicated_worker(kind, pool, label, concurrency=4, extra_env=None)``
+    starts a worker used by this test only; every one it started is stopped afterwards."""
     started = []
 
-    def start(kind, pool, label, concurrency=4):
-        handle = DedicatedWorker(kind, pool, _server(request, kind), work_dir, label, concurrency)
+    def start(kind, pool, label, concurrency=4, extra_env=None):
+        server = _server(request, kind)
+        handle = DedicatedWorker(kind, pool, server, work_dir, label, concurrency, extra_env)
         started.append(handle)
         return handle
 

@@ -43,6 +43,8 @@ def configure_from_env(environ=os.environ):
         accept_content=['json'],
         broker_connection_retry_on_startup=True,
         worker_prefetch_multiplier=1,
+        # Celery 5.3+: one backend for every thread of the process.
+        result_backend_thread_safe=bool(environ.get('CCT_WORKER_RESULT_BACKEND_THREAD_SAFE')),
     )
 
 
@@ -249,4 +251,4 @@ def concurrent_probe(self, work_dir, parties, jobs):
     return {'met': met, 'seen': seen}
 
 
-from tests import guard_tasks, neighbours_tasks, reliability_tasks  # noqa: E402,F401
+from tests import final_word_tasks, guard_tasks, neighbours_tasks, reliability_tasks  # noqa: E402,F401

@@ -1,0 +1,155 @@
+"""The final state is the last word, and a task's threads leave nothing behind.
+
+On real workers (tasks in tests/final_word_tasks.py); every wait is bounded.
+
+1. Tasks that return without joining threads which keep updating PROGRESS:
+   once the threads have ended, every task still has its final state
+   (a fresh reader sees SUCCESS; an rpc client receives nothing after it).
+   Before the guard held one lock per task across check and store, 11-57 %
+   of such tasks ended up stored as PROGRESS.
+2. Threads that update and end leave no result backend and no connection in
+   the worker, without the cyclic collector: in a worker with a large heap
+   and a low file limit, every update is made and the backends and
+   connections are back to their baseline within a second.
+
+Default sizes keep a cell's run short; full size, as the issue measured::
+
+    CI=true CCT_FINAL_TASKS=1000 CCT_LEAK_TASKS=2400 python -m pytest \\
+        tests/test_final_word.py -s -q -p no:cacheprovider
+"""
+
+from __future__ import absolute_import, print_function
+
+import os
+import time
+
+import celery
+import pytest
+from celery.result import ResultSet
+
+from tests.conftest import BACKEND_KINDS, THREADS_POOL_WORKS, _worker
+from tests.servers import wait_until
+
+UNJOINED = 'cct_ftest.unjoined_updaters'
+JOINED = 'cct_ftest.joined_updaters'
+RESOURCES = 'cct_ftest.resources'
+ADD = 'cct_itest.add'
+
+FINAL_TASKS = int(os.environ.get('CCT_FINAL_TASKS', '60'))
+LEAK_TASKS = int(os.environ.get('CCT_LEAK_TASKS', '120'))
+THREADS, PERIOD, DURATION = 4, 0.02, 0.3  # the straggling updaters of part 1
+LEAK_THREADS, LEAK_UPDATES = 8, 5  # the joined updaters of part 2
+# Generous: a task's updates take well under a second, never under a minute in all.
+RESULT_TIMEOUT = max(60.0, FINAL_TASKS * 0.5)
+LEAK_TIMEOUT = max(60.0, LEAK_TASKS * 0.5)
+
+POOLS = ('prefork', 'threads') if THREADS_POOL_WORKS else ('prefork',)
+# result_backend_thread_safe exists from Celery 5.3: one backend for all threads.
+THREAD_SAFE = (False, True) if celery.VERSION >= (5, 3) else (False,)
+
+
+def _params():
+    return [
+        pytest.param(kind, pool, safe, id='%s-%s%s' % (kind, pool, '-thread_safe' if safe else ''))
+        for kind in BACKEND_KINDS
+        for pool in POOLS
+        for safe in THREAD_SAFE
+    ]
+
+
+def _env(thread_safe, **extra):
+    env = {'CCT_WORKER_RESULT_BACKEND_THREAD_SAFE': '1'} if thread_safe else {}
+    env.update(extra)
+    return env
+
+
+def _states_after_final(states):
+    """The states that came after the first final one, in arrival order."""
+    for index, state in enumerate(states):
+        if state in ('SUCCESS', 'FAILURE'):
+            return states[index + 1 :]
+    return ['(no final state)'] + states
+
+
+@pytest.mark.parametrize('kind, pool, thread_safe', _params())
+def test_threads_that_outlive_their_task_never_replace_its_final_state(
+    request, worker_registry, kind, pool, thread_safe
+):
+    worker = _worker(request, worker_registry, kind, pool, _env(thread_safe))
+    arrived = {}
+
+    def on_message(meta):  # rpc: every state message, in the order the client gets it
+        arrived.setdefault(meta.get('task_id'), []).append(meta.get('status'))
+
+    results = [
+        worker.client.send_task(UNJOINED, args=[THREADS, PERIOD, DURATION])
+        for _ in range(FINAL_TASKS)
+    ]
+    ids = [result.id for result in results]
+    if kind == 'rabbitmq':
+        ResultSet(results).get(timeout=RESULT_TIMEOUT, propagate=False, on_message=on_message)
+    else:
+        ResultSet(results).get(timeout=RESULT_TIMEOUT, propagate=False)
+    time.sleep(DURATION + 1.5)  # every thread has ended: each stops DURATION after its start
+    if kind == 'rabbitmq':
+        # Late messages reach only the next wait that reads the reply queue.
+        assert worker.client.send_task(ADD, args=[1, 2]).get(
+            timeout=RESULT_TIMEOUT, on_message=on_message
+        ) == 3
+        late = {task_id: _states_after_final(arrived.get(task_id, [])) for task_id in ids}
+    else:
+        stored = [worker.client.backend.get_task_meta(task_id, cache=False) for task_id in ids]
+        late = {meta['task_id']: meta['status'] for meta in stored if meta['status'] != 'SUCCESS'}
+        late = {task_id: state for task_id, state in late.items()}
+    wrong = {task_id: states for task_id, states in late.items() if states}
+    print('%s: %d of %d tasks lost their final state' % (worker.name, len(wrong), len(ids)))
+    assert not wrong, '%d of %d tasks: %r' % (len(wrong), len(ids), sorted(wrong.items())[:5])
+
+
+def _resources(worker, port):
+    return worker.client.send_task(RESOURCES, args=[port]).get(timeout=30.0)
+
+
+def _run_joined(worker, tasks):
+    results = [
+        worker.client.send_task(JOINED, args=[LEAK_THREADS, LEAK_UPDATES]) for _ in range(tasks)
+    ]
+    reports = ResultSet(results).get(timeout=LEAK_TIMEOUT)
+    made = sum(report['made'] for report in reports)
+    errors = [error for report in reports for error in report['errors']]
+    return made, errors
+
+
+@pytest.mark.parametrize('kind, pool', [(kind, pool) for kind in BACKEND_KINDS for pool in POOLS])
+def test_threads_leave_no_backend_and_no_connection_behind(dedicated_worker, kind, pool):
+    """A large heap (the collector's full passes grow rare) and 256 file
+    descriptors: every update is made, and the worker holds no more result
+    backends and connections a second after the threads ended than before."""
+    worker = dedicated_worker(
+        kind,
+        pool,
+        'leak',
+        concurrency=1 if pool == 'prefork' else 4,  # one process to look at
+        extra_env={'CCT_WORKER_HEAP_OBJECTS': '1000000', 'CCT_WORKER_NOFILE': '256'},
+    )
+    port = worker.server.port
+    # SQLite commits each update to disk: a quarter of the tasks is as many stores as it bears.
+    tasks = LEAK_TASKS // 4 if kind == 'sqlite' else LEAK_TASKS
+    _run_joined(worker, 8)  # warm: the task's (or each pool thread's) own backend exists
+    time.sleep(0.5)
+    baseline = _resources(worker, port)
+    made, errors = _run_joined(worker, tasks)
+    ended = time.time()
+    print('%s: %d updates made, %d errors' % (worker.name, made, len(errors)))
+    assert errors == [], errors[:5]
+    assert made == tasks * LEAK_THREADS * LEAK_UPDATES
+    now = {}
+
+    def back_to_baseline():
+        now.update(_resources(worker, port))
+        return all(now[key] <= baseline[key] for key in ('backends', 'sockets'))
+
+    assert wait_until(back_to_baseline, 1.0, interval=0.1), (baseline, now)
+    assert now['pid'] == baseline['pid']
+    assert time.time() - ended < 5.0  # the checks themselves were quick
+    assert 'Too many open files' not in worker.log_text()
