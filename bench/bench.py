@@ -50,6 +50,7 @@ SIZES = {
 }
 
 TARGETS = {
+    'update': 1.5,  # an update from a new thread or a job, over the same in the task's thread
     'map': 1.10,
     'thread': 1.05,
     'outside': 1.02,
@@ -189,7 +190,8 @@ def enter_task():
     from celery import _state
     from celery.app.task import Context
 
-    app = celery.Celery('cct_bench', set_as_current=True)
+    # A result backend that needs no server: Celery builds one per thread all the same.
+    app = celery.Celery('cct_bench', backend='cache+memory://', set_as_current=True)
 
     @app.task(bind=True)
     def bench_task(self):
@@ -201,6 +203,43 @@ def enter_task():
         Context({'id': 'bench-task-id'}, args=(), kwargs={}, called_directly=False)
     )
     return app, task
+
+
+def update_of(task):
+    """One ``update_state`` of ``task``, as a task's thread makes it."""
+    return lambda *args: task.update_state(state='PROGRESS', meta={'step': 1})
+
+
+def update_workload(task, where, target):
+    """``fn(ops)``: ``target`` called ``ops`` times from ``where``: 'own' (the
+    task's thread), 'thread' (a new TaskThread each) or 'job' (a pooled job each)."""
+    import celery_ctxthread as cct
+
+    if where == 'own':
+        return calls_of(target)
+    if where == 'thread':
+
+        def run(ops):
+            for _ in range(ops):
+                thread = cct.TaskThread(target=target)
+                thread.start()
+                thread.join()
+
+        return timed(run)
+    executor = cct.TaskThreadPoolExecutor(max_workers=1)
+
+    def run_jobs(ops):
+        for _ in range(ops):
+            executor.submit(target).result()
+
+    return timed(run_jobs)
+
+
+UPDATE_PLACES = (
+    ('own', "update_state, in the task's own thread"),
+    ('thread', 'update_state, first in a new TaskThread'),
+    ('job', 'update_state, in a pooled job'),
+)
 
 
 def leave_task(task):
@@ -248,6 +287,17 @@ def suite_task(quick):
         call_ops,
         rounds,
     )
+    # What an update costs, by where it is made: each over the same place with a no-op.
+    for where, _ in UPDATE_PLACES:
+        ops = call_ops // 10 if where == 'own' else size('thread_ops', quick)
+        results['update_' + where] = compare(
+            {
+                'bare': update_workload(task, where, noop),
+                'ours': update_workload(task, where, update_of(task)),
+            },
+            ops,
+            rounds,
+        )
     leave_task(task)
     return results
 
@@ -473,7 +523,10 @@ def counted_workload(workload, variant):
         if variant == 'ours':
             cct.install()
         return threads_of(threading.Thread)
-    enter_task()
+    _, task = enter_task()
+    if workload.startswith('update_'):  # 'bare': the same place with a no-op instead
+        target = update_of(task) if variant == 'ours' else noop
+        return update_workload(task, workload[len('update_') :], target)
     ours = variant in ('ours', 'fastlocals')
     if workload == 'capture':
         return calls_of(cct.capture if ours else noop)
@@ -502,6 +555,10 @@ COUNTED = (
     # One thread each, so no scheduling in the count: these repeat to the instruction.
     ('capture', 'capture(), in a task', 5000, ('ours', 'fastlocals')),
     ('run', 'TaskContext.run(noop), on a fresh thread', 5000, ('ours', 'fastlocals')),
+    # What a user feels: an update_state, by where it is made (bare: a no-op there).
+    ('update_own', UPDATE_PLACES[0][1], 2000, ('ours',)),
+    ('update_thread', UPDATE_PLACES[1][1], 1000, ('ours',)),
+    ('update_job', UPDATE_PLACES[2][1], 2000, ('ours',)),
 )
 
 
@@ -544,6 +601,7 @@ def report_instructions():
         'Instructions per operation (valgrind; deterministic, unlike the timings)',
         ['workload', 'variant', 'bare', 'with it', 'overhead', 'ratio'],
     )
+    update_costs = {}
     for workload, label, ops, variants in COUNTED:
         bare = per_operation(workload, 'bare', ops)
         for variant in variants:
@@ -565,7 +623,23 @@ def report_instructions():
                 '%+.0f' % (mine - bare),
                 '%.2fx' % (mine / bare),
             )
-    return table.render()
+            if workload.startswith('update_'):
+                update_costs[workload[len('update_') :]] = mine - bare
+    return table.render() + update_ratios(update_costs, 'instructions')
+
+
+def update_ratios(costs, unit):
+    """What an update costs from a new thread and from a job, over the task's own."""
+    own = costs.get('own')
+    if not own:
+        return ''
+    lines = ['', "update_state cost over the task's own thread's (%s; target <= %.2fx):"]
+    lines[1] %= (unit, TARGETS['update'])
+    for where, label in UPDATE_PLACES[1:]:
+        if where in costs:
+            ratio = costs[where] / own
+            lines.append('  %s: %.2fx %s' % (label, ratio, verdict(ratio, TARGETS['update'])))
+    return '\n'.join(lines)
 
 
 # --------------------------------------------------------------- parent: run and report
@@ -625,7 +699,7 @@ def report_task(results, verdicts):
         ('wrap', 'wrap()ped call vs plain call', None),
         ('run', 'TaskContext.run on a fresh thread', None),
         ('capture', 'capture() alone', None),
-    ]
+    ] + [('update_' + where, label + ' (bare: a no-op)', None) for where, label in UPDATE_PLACES]
     for flavour in ('LocalStack', 'USE_FAST_LOCALS'):
         data = results[flavour]
         if 'error' in data:
@@ -642,7 +716,14 @@ def report_task(results, verdicts):
                 mark = '<= %.2fx %s' % (TARGETS[target], verdict(ratio, TARGETS[target]))
                 verdicts.append((label, mark))
             table.add(label, flavour, us(cell['bare']), us(cell['ours']), '%.2fx' % ratio, mark)
-    return table.render()
+    data = results['LocalStack']
+    if 'error' in data:
+        return table.render()
+    costs = {}
+    for where, _ in UPDATE_PLACES:
+        cell = data['update_' + where]
+        costs[where] = cell['ours']['median'] - cell['bare']['median']
+    return table.render() + update_ratios(costs, 'µs, LocalStack, medians')
 
 
 def report_outside(data, verdicts):

@@ -16,9 +16,11 @@ import logging
 import os
 import sys
 import threading
+import time
 import uuid
 import weakref
 
+import celery
 import pytest
 from celery import Celery, Task
 from celery.app.trace import build_tracer
@@ -28,7 +30,7 @@ from celery.signals import before_task_publish, task_failure, task_success
 import celery_ctxthread as cct
 from celery_ctxthread import worker
 from tests.conftest import REPO_DIR, WORKER_APP, _python_path
-from tests.servers import CeleryWorker, ServerError
+from tests.servers import CeleryWorker, ServerError, wait_until
 from tests.tasks_inprocess import in_thread, probe, retry_in_a_task_thread, run_bounded, running
 
 WAIT = 10
@@ -189,6 +191,37 @@ def fails_a_job(self, pool):
     kept[self.request.id] = (future, weakref.ref(self.request))
 
 
+@app.task(bind=True, name='cct_late.updates_in_flight')
+def updates_in_flight(self, straggler):
+    """Start ``straggler`` and return once its update is in flight (inside the store)."""
+    straggler.start(self)
+    return 'returned'
+
+
+@app.task(bind=True, name='cct_late.leaves_a_sleeper')
+def leaves_a_sleeper(self, wake):
+    """Start a TaskThread that only waits for ``wake``, then updates; return at once."""
+    cct.TaskThread(target=_sleep_then_update, args=(self, wake)).start()
+    return 'returned'
+
+
+def _sleep_then_update(task, wake):
+    wake.wait(WAIT)
+    task.update_state(state='PROGRESS', meta={'late': True})
+
+
+@app.task(bind=True, name='cct_late.backends_seen')
+def backends_seen(self, pool):
+    """The result backend this task's thread, a TaskThread and a job of ``pool`` use."""
+    seen = {'task': app.backend}
+    thread = cct.TaskThread(target=lambda: seen.setdefault('thread', app.backend))
+    thread.start()
+    thread.join(WAIT)
+    seen['job'] = pool.submit(lambda: app.backend).result(WAIT)
+    kept[self.request.id] = seen
+    return 'seen'
+
+
 # Receivers of task_success / task_failure, connected before the tracers are
 # built (a worker's are connected when its modules are imported): they call
 # what a test puts in ``in_receiver`` under (signal name, task name).
@@ -279,6 +312,76 @@ def another_task_captured():
     """Another task's context was captured in this process: the guard is in place."""
     with running(probe, 'another-task'):
         cct.capture()
+
+
+# ---------------------------------------- the final state is the last word
+
+
+class HeldStore(object):
+    """The backend's store of PROGRESS, held until ``release()``: an update in flight."""
+
+    def __init__(self, monkeypatch):
+        self.entered, self.released = threading.Event(), threading.Event()
+        self.calls = []
+        backend_class = type(app.backend)
+        real = backend_class.store_result
+
+        def store_result(backend, task_id, result, state, *args, **kwargs):
+            if state == 'PROGRESS' and not self.entered.is_set():
+                self.entered.set()
+                self.released.wait(WAIT)
+            self.calls.append(state)
+            return real(backend, task_id, result, state, *args, **kwargs)
+
+        monkeypatch.setattr(backend_class, 'store_result', store_result)
+
+
+def test_the_final_store_waits_for_an_update_in_flight_and_lands_last(monkeypatch):
+    """A thread's PROGRESS is inside the backend's store when the task returns:
+    the final store waits for it, then lands; the state ends as SUCCESS."""
+    held = HeldStore(monkeypatch)
+    straggler = Straggler(during=False)
+    straggler.go.set()  # update at once: twice, the first held in the store
+    box = {}
+    tracing = threading.Thread(target=lambda: box.setdefault('id', traced(updates_in_flight, straggler)))
+    tracing.start()
+    assert held.entered.wait(WAIT), 'the update never reached the store'
+    tracing.join(0.5)
+    assert tracing.is_alive(), 'the final store did not wait for the update in flight'
+    assert 'SUCCESS' not in held.calls
+    held.released.set()
+    tracing.join(WAIT)
+    assert not tracing.is_alive()
+    assert straggler.done.wait(WAIT) and straggler.errors == []
+    # The held update first, the final state last: the straggler's second update
+    # is stored before it (if it took the lock first) or dropped, never after.
+    assert held.calls in (['PROGRESS', 'SUCCESS'], ['PROGRESS', 'PROGRESS', 'SUCCESS']), held.calls
+    assert stored(box['id'])['status'] == 'SUCCESS'
+
+
+def test_the_final_store_never_waits_for_a_thread_that_is_merely_alive(warnings_logged):
+    wake = threading.Event()
+    started = time.time()
+    task_id = traced(leaves_a_sleeper, wake)
+    assert time.time() - started < 1.0  # the thread is alive and never delays the task
+    assert stored(task_id)['status'] == 'SUCCESS'
+    wake.set()
+    assert wait_until(lambda: warnings_logged(), WAIT), 'the late update was not refused'
+    assert stored(task_id)['status'] == 'SUCCESS'
+
+
+@pytest.mark.skipif(celery.VERSION < (5, 0), reason='Celery 4 has one backend for every thread')
+def test_a_tasks_threads_and_jobs_use_its_backend_and_keep_none():
+    """Celery 5 keeps app.backend per thread: the task's threads and jobs use the
+    task's, and a pool thread is left with what it had before (here: none)."""
+    pool = cct.TaskThreadPoolExecutor(max_workers=1)
+    try:
+        seen = kept.pop(traced(backends_seen, pool))
+        assert seen['thread'] is seen['task'] and seen['job'] is seen['task']
+        # The same pool thread, outside any task, builds a backend of its own as before.
+        assert pool.submit(lambda: app.backend).result(WAIT) is not seen['task']
+    finally:
+        pool.shutdown()
 
 
 # ------------------------------------------------ stragglers: dropped
