@@ -27,7 +27,9 @@ if os.environ.get('CCT_WORKER_NOFILE'):
     import resource
 
     _limit = int(os.environ['CCT_WORKER_NOFILE'])
-    resource.setrlimit(resource.RLIMIT_NOFILE, (_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
 
 
 def _update_every(task, period, duration):
@@ -93,21 +95,29 @@ def _tcp_peer_ports():
     return ports
 
 
-def _open_sockets_to(port):
-    ports, count = _tcp_peer_ports(), 0
+def _open_files():
+    targets = []
     for fd in os.listdir('/proc/self/fd'):
         try:
-            target = os.readlink('/proc/self/fd/' + fd)
+            targets.append(os.readlink('/proc/self/fd/' + fd))
         except OSError:  # closed meanwhile
-            continue
-        if target.startswith('socket:[') and ports.get(target[8:-1]) == port:
-            count += 1
-    return count
+            pass
+    return targets
 
 
 @app.task(name='cct_ftest.resources')
-def resources(port):
-    """What this worker process holds now, without running the collector:
-    result backends alive, and connections to ``port``."""
+def resources(port, collect=False):
+    """What this worker process holds now: result backends alive, connections
+    to ``port`` and open SQLite files; after a full collection only when ``collect``."""
+    if collect:
+        gc.collect()
     backends = sum(1 for obj in gc.get_objects() if isinstance(obj, Backend))
-    return {'pid': os.getpid(), 'backends': backends, 'sockets': _open_sockets_to(port)}
+    ports, files = _tcp_peer_ports(), _open_files()
+    sockets = [f for f in files if f.startswith('socket:[') and ports.get(f[8:-1]) == port]
+    databases = [f for f in files if f.endswith('.sqlite')]
+    return {
+        'pid': os.getpid(),
+        'backends': backends,
+        'sockets': len(sockets),
+        'databases': len(databases),
+    }

@@ -35,8 +35,8 @@ JOINED = 'cct_ftest.joined_updaters'
 RESOURCES = 'cct_ftest.resources'
 ADD = 'cct_itest.add'
 
-FINAL_TASKS = int(os.environ.get('CCT_FINAL_TASKS', '60'))
-LEAK_TASKS = int(os.environ.get('CCT_LEAK_TASKS', '120'))
+FINAL_TASKS = int(os.environ.get('CCT_FINAL_TASKS', '30'))
+LEAK_TASKS = int(os.environ.get('CCT_LEAK_TASKS', '40'))
 THREADS, PERIOD, DURATION = 4, 0.02, 0.3  # the straggling updaters of part 1
 LEAK_THREADS, LEAK_UPDATES = 8, 5  # the joined updaters of part 2
 # Generous: a task's updates take well under a second, never under a minute in all.
@@ -93,27 +93,27 @@ def test_threads_that_outlive_their_task_never_replace_its_final_state(
     time.sleep(DURATION + 1.5)  # every thread has ended: each stops DURATION after its start
     if kind == 'rabbitmq':
         # Late messages reach only the next wait that reads the reply queue.
-        assert worker.client.send_task(ADD, args=[1, 2]).get(
-            timeout=RESULT_TIMEOUT, on_message=on_message
-        ) == 3
+        assert (
+            worker.client.send_task(ADD, args=[1, 2]).get(
+                timeout=RESULT_TIMEOUT, on_message=on_message
+            )
+            == 3
+        )
         late = {task_id: _states_after_final(arrived.get(task_id, [])) for task_id in ids}
     else:
         stored = [worker.client.backend.get_task_meta(task_id, cache=False) for task_id in ids]
         late = {meta['task_id']: meta['status'] for meta in stored if meta['status'] != 'SUCCESS'}
-        late = {task_id: state for task_id, state in late.items()}
     wrong = {task_id: states for task_id, states in late.items() if states}
     print('%s: %d of %d tasks lost their final state' % (worker.name, len(wrong), len(ids)))
     assert not wrong, '%d of %d tasks: %r' % (len(wrong), len(ids), sorted(wrong.items())[:5])
 
 
-def _resources(worker, port):
-    return worker.client.send_task(RESOURCES, args=[port]).get(timeout=30.0)
+def _resources(worker, port, collect=False):
+    return worker.client.send_task(RESOURCES, args=[port, collect]).get(timeout=30.0)
 
 
-def _run_joined(worker, tasks):
-    results = [
-        worker.client.send_task(JOINED, args=[LEAK_THREADS, LEAK_UPDATES]) for _ in range(tasks)
-    ]
+def _run_joined(worker, tasks, updates):
+    results = [worker.client.send_task(JOINED, args=[LEAK_THREADS, updates]) for _ in range(tasks)]
     reports = ResultSet(results).get(timeout=LEAK_TIMEOUT)
     made = sum(report['made'] for report in reports)
     errors = [error for report in reports for error in report['errors']]
@@ -123,8 +123,9 @@ def _run_joined(worker, tasks):
 @pytest.mark.parametrize('kind, pool', [(kind, pool) for kind in BACKEND_KINDS for pool in POOLS])
 def test_threads_leave_no_backend_and_no_connection_behind(dedicated_worker, kind, pool):
     """A large heap (the collector's full passes grow rare) and 256 file
-    descriptors: every update is made, and the worker holds no more result
-    backends and connections a second after the threads ended than before."""
+    descriptors: every update is made, and a second after the threads ended,
+    without a collection, the worker holds no more result backends and
+    connections than a full collection leaves after a warm-up."""
     worker = dedicated_worker(
         kind,
         pool,
@@ -133,21 +134,21 @@ def test_threads_leave_no_backend_and_no_connection_behind(dedicated_worker, kin
         extra_env={'CCT_WORKER_HEAP_OBJECTS': '1000000', 'CCT_WORKER_NOFILE': '256'},
     )
     port = worker.server.port
-    # SQLite commits each update to disk: a quarter of the tasks is as many stores as it bears.
-    tasks = LEAK_TASKS // 4 if kind == 'sqlite' else LEAK_TASKS
-    _run_joined(worker, 8)  # warm: the task's (or each pool thread's) own backend exists
+    # SQLite commits each update to disk: one update per thread is as many as it bears.
+    updates = 1 if kind == 'sqlite' else LEAK_UPDATES
+    _run_joined(worker, 8, updates)  # warm: the task's (or each pool thread's) own backend exists
     time.sleep(0.5)
-    baseline = _resources(worker, port)
-    made, errors = _run_joined(worker, tasks)
+    baseline = _resources(worker, port, collect=True)  # what is left once everything is freed
+    made, errors = _run_joined(worker, LEAK_TASKS, updates)
     ended = time.time()
     print('%s: %d updates made, %d errors' % (worker.name, made, len(errors)))
     assert errors == [], errors[:5]
-    assert made == tasks * LEAK_THREADS * LEAK_UPDATES
+    assert made == LEAK_TASKS * LEAK_THREADS * updates
     now = {}
 
     def back_to_baseline():
         now.update(_resources(worker, port))
-        return all(now[key] <= baseline[key] for key in ('backends', 'sockets'))
+        return all(now[key] <= baseline[key] for key in ('backends', 'sockets', 'databases'))
 
     assert wait_until(back_to_baseline, 1.0, interval=0.1), (baseline, now)
     assert now['pid'] == baseline['pid']

@@ -343,7 +343,9 @@ def test_the_final_store_waits_for_an_update_in_flight_and_lands_last(monkeypatc
     straggler = Straggler(during=False)
     straggler.go.set()  # update at once: twice, the first held in the store
     box = {}
-    tracing = threading.Thread(target=lambda: box.setdefault('id', traced(updates_in_flight, straggler)))
+    tracing = threading.Thread(
+        target=lambda: box.setdefault('id', traced(updates_in_flight, straggler))
+    )
     tracing.start()
     assert held.entered.wait(WAIT), 'the update never reached the store'
     tracing.join(0.5)
