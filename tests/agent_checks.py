@@ -64,9 +64,9 @@ def threads_named(prefix, wait_for=()):
     deadline = time.time() + TIMEOUT
     while True:
         found = [thread for thread in threading.enumerate() if thread.name.startswith(prefix)]
-        names = set(thread.name for thread in found)
+        names = {thread.name for thread in found}
         if set(wait_for) <= names or time.time() > deadline:
-            return dict((thread.name, carried_task(thread)) for thread in found)
+            return {thread.name: carried_task(thread) for thread in found}
         time.sleep(0.05)
 
 
@@ -128,7 +128,7 @@ def in_a_fork(work):
 
 # -------------------------------------------------------------- New Relic
 
-NEWRELIC_INI = u"""[newrelic]
+NEWRELIC_INI = """[newrelic]
 license_key = 0000000000000000000000000000000000000000
 app_name = celery-ctxthread tests
 developer_mode = true
@@ -148,8 +148,8 @@ utilization.detect_pcf = false
 def newrelic(variant):
     """A worker on the threads pool: each task runs in a thread of the pool."""
     config = os.path.join(tempfile.mkdtemp(), 'newrelic.ini')
-    with io.open(config, 'w') as handle:
-        handle.write(NEWRELIC_INI % dead_port())
+    with io.open(config, 'wb') as handle:
+        handle.write((NEWRELIC_INI % dead_port()).encode('ascii'))
     os.environ['NEW_RELIC_CONFIG_FILE'] = config
     example = load('newrelic_setup')
     if variant == 'recipe':
