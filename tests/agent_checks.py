@@ -10,7 +10,9 @@ and reads the one JSON line it prints::
 Nothing leaves the machine: each agent's server is a loopback port bound here
 and never listened on (a connection to it is refused), Elastic APM looks for no
 cloud provider, and New Relic runs in developer mode (a collector of its own
-that sends nothing) with every cloud and container detection off.
+that sends nothing) with every cloud and container detection off.  (New Relic
+still finds the host's address by ``connect()``-ing a UDP socket to a public
+address, which sends no packet.)
 """
 
 from __future__ import absolute_import, print_function
