@@ -36,14 +36,23 @@ _STDLIB_SUBMIT = _unwrapped(ThreadPoolExecutor.__dict__['submit'])
 
 # install()'s own submit wrappers, which pass our jobs through untouched.
 # Found by identity: functools.wraps copies attributes onto others' wrappers.
-_passing_submits = {}  # id -> the function, kept alive so that its id stays its own
+# Each maps to the code it was made with: ddtrace wraps a function by giving
+# it new code in place, and then theirs runs around ours.
+_passing_submits = {}  # id -> the function's code
+_passing_kept = []  # the functions, kept alive so that each id stays its own
+
+
+def _keep_passing_submit(function):
+    _passing_kept.append(function)
+    _passing_submits[id(function)] = function.__code__
 
 
 def _wrapped_by_others(submit):
     """Whether anyone but us wraps ``submit`` (bound): their job wrappers run around ours."""
     function = submit.__func__ if type(submit) is MethodType else None
     while function is not _STDLIB_SUBMIT:
-        if function is None or _passing_submits.get(id(function)) is not function:
+        code = _passing_submits.get(id(function))  # None for anyone's but ours, and for None
+        if code is None or code is not function.__code__:
             return True
         function = function.__wrapped__
     return False

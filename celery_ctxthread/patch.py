@@ -24,8 +24,9 @@ OpenTelemetry's threading patches came before or come after.  What changes:
   task that happened to start them.
 
 ``uninstall()`` restores each method, except where someone wrapped ours since
-(taking ours out would take theirs out too): ours then stays under theirs and
-passes everything straight through, exactly like the original.
+(taking ours out would take theirs out too), on top of it or in place, as
+ddtrace does by rewriting its code: ours then stays under theirs and passes
+everything straight through, exactly like the original.
 """
 
 import concurrent.futures
@@ -39,7 +40,7 @@ from celery_ctxthread import _patching
 from celery_ctxthread._compat import TimerBase, split_fn
 from celery_ctxthread._patching import binder
 from celery_ctxthread.context import _EMPTY, capture
-from celery_ctxthread.futures import _JobInContext, _passing_submits, _submit_in_context
+from celery_ctxthread.futures import _JobInContext, _keep_passing_submit, _submit_in_context
 from celery_ctxthread.threads import _inside_pool, _start_in_context
 
 _ThreadPool = multiprocessing.pool.ThreadPool
@@ -73,7 +74,7 @@ def _propagating_submit(original):
             return method(*args, **kwargs)
         return _submit_in_context(method, args, kwargs)
 
-    _passing_submits[id(submit)] = submit
+    _keep_passing_submit(submit)
     return submit
 
 
@@ -157,8 +158,9 @@ def uninstall():
             owner, name = patch.owner.__name__, patch.name
             if not patch.restore():
                 _logger.debug(
-                    'celery_ctxthread: %s.%s was wrapped again after install(); ours stays '
-                    'under that wrapper and passes everything straight through',
+                    'celery_ctxthread: %s.%s was wrapped (or rewritten in place) after '
+                    'install(); ours stays under that wrapper and passes everything '
+                    'straight through',
                     owner,
                     name,
                 )

@@ -27,13 +27,30 @@ TASK_ID = 'neighbour-task'
 
 @contextlib.contextmanager
 def task_span():
-    """The span a Celery instrumentation would make current for the task's body."""
+    """The spans a Celery instrumentation would make current for the task's body."""
+    with otel_task_span(), ddtrace_task_span():
+        yield
+
+
+@contextlib.contextmanager
+def otel_task_span():
     if 'otel' not in neighbours.APPLIED:
         yield
         return
     from opentelemetry import trace
 
     with trace.get_tracer(neighbours.TRACER_NAME).start_as_current_span('simulated task'):
+        yield
+
+
+@contextlib.contextmanager
+def ddtrace_task_span():
+    if 'ddtrace' not in neighbours.APPLIED:
+        yield
+        return
+    from ddtrace import tracer
+
+    with tracer.trace('simulated task'):
         yield
 
 

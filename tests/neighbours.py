@@ -1,4 +1,4 @@
-"""The neighbours that patch threads too (Sentry, OpenTelemetry), applied in a given order.
+"""The neighbours that patch threads too (Sentry, OpenTelemetry, ddtrace), applied in a given order.
 
 Used in two places, with the same checks:
 
@@ -10,21 +10,26 @@ Used in two places, with the same checks:
   the same entry points (tests/test_neighbours_worker.py).
 
 An order is a sequence of steps: ``sentry`` (``sentry_sdk.init()``), ``otel``
-(``ThreadingInstrumentor().instrument()``), ``install`` and ``uninstall``
+(``ThreadingInstrumentor().instrument()``), ``ddtrace``
+(``ddtrace.patch(futures=True)``, which wraps ``ThreadPoolExecutor.submit`` by
+rewriting its code in place), ``install`` and ``uninstall``
 (``celery_ctxthread``'s).  What each entry point must give its target, in
 every order: the task (``current_task``, ``self.request``, ``update_state``),
 Sentry's forked scope (tags set in the task are seen, tags set in the job do
-not leak back), and OpenTelemetry's parent span (the one current in the task).
+not leak back), OpenTelemetry's parent span (the one current in the task),
+and ddtrace's (likewise).
 
 Sentry never reaches the network: its DSN names a reserved ``.invalid`` host
-and its transport records events in :data:`EVENTS`.  Python 2.7 compatible;
-the neighbours are imported only when a step needs them.
+and its transport records events in :data:`EVENTS`.  Neither does ddtrace:
+see :func:`_quiet_ddtrace`.  Python 2.7 compatible; the neighbours are
+imported only when a step needs them.
 """
 
 from __future__ import absolute_import
 
 import functools
 import os
+import socket
 import sys
 import threading
 import traceback
@@ -34,7 +39,11 @@ ORDER_VARIABLE = 'CCT_WORKER_NEIGHBOURS'
 #: The neighbours a grid cell installs (tox.ini): missing ones fail under CI, not skip.
 EXPECT_VARIABLE = 'CCT_EXPECT_NEIGHBOURS'
 #: The module each neighbour needs.
-MODULES = {'sentry': 'sentry_sdk', 'otel': 'opentelemetry.instrumentation.threading'}
+MODULES = {
+    'sentry': 'sentry_sdk',
+    'otel': 'opentelemetry.instrumentation.threading',
+    'ddtrace': 'ddtrace',
+}
 SENTRY_DSN = 'https://public@sentry.invalid/1'
 TRACER_NAME = 'celery-ctxthread.tests'
 JOIN_TIMEOUT = 20.0
@@ -151,6 +160,46 @@ def _instrument_celery_unless_prefork(sender=None, **kwargs):
         _instrument_celery()
 
 
+def _patch_ddtrace(celery_worker):
+    _quiet_ddtrace()
+    import ddtrace
+
+    # What ddtrace-run / ddtrace.auto do for executors, alone: wrap(ThreadPoolExecutor.submit)
+    # in place, so that each job runs in the submitter's trace context.
+    ddtrace.patch(futures=True)
+
+
+#: A loopback socket bound and never listening: connecting to it is refused.
+_DEAD_PORT = []
+
+
+def _quiet_ddtrace():
+    """ddtrace's settings (read when it is imported) for sending nothing anywhere.
+
+    Tracing off (spans are still made, with their parents, and nothing is
+    queued to send), no telemetry, remote configuration, runtime metrics,
+    profiling, crash tracking or startup logs; and should anything try all the
+    same, the agent and DogStatsD are a loopback port where nobody listens.
+    """
+    if not _DEAD_PORT:
+        dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        dead.bind(('127.0.0.1', 0))
+        _DEAD_PORT.append(dead)
+    port = _DEAD_PORT[0].getsockname()[1]
+    os.environ.update(
+        DD_TRACE_ENABLED='false',
+        DD_INSTRUMENTATION_TELEMETRY_ENABLED='false',
+        DD_REMOTE_CONFIGURATION_ENABLED='false',
+        DD_RUNTIME_METRICS_ENABLED='false',
+        DD_PROFILING_ENABLED='false',
+        DD_CRASHTRACKING_ENABLED='false',
+        DD_DATA_STREAMS_ENABLED='false',
+        DD_TRACE_STARTUP_LOGS='false',
+        DD_TRACE_AGENT_URL='http://127.0.0.1:%d' % port,
+        DD_DOGSTATSD_URL='udp://127.0.0.1:%d' % port,
+    )
+
+
 def _install(celery_worker):
     import celery_ctxthread as cct
 
@@ -166,6 +215,7 @@ def _uninstall(celery_worker):
 STEPS = {
     'sentry': _init_sentry,
     'otel': _instrument_otel,
+    'ddtrace': _patch_ddtrace,
     'install': _install,
     'uninstall': _uninstall,
 }
@@ -259,6 +309,21 @@ def _tracer():
     return trace.get_tracer(TRACER_NAME)
 
 
+def _dd_tracer():
+    if 'ddtrace' not in APPLIED:
+        return None
+    from ddtrace import tracer
+
+    return tracer
+
+
+def current_dd_span():
+    """The id of ddtrace's span current here, as text, or None."""
+    tracer = _dd_tracer()
+    span = tracer.current_span() if tracer is not None else None
+    return None if span is None else str(span.span_id)
+
+
 def current_span():
     """``{'name', 'span_id', 'trace_id'}`` of the span current here, or None."""
     if 'otel' not in APPLIED:
@@ -306,6 +371,10 @@ def observe_in_job(task, entry, task_id):
             parent = span.parent
             facts['span_parent'] = '%016x' % parent.span_id if parent is not None else None
             facts['span_trace'] = '%032x' % span.get_span_context().trace_id
+    dd_tracer = _dd_tracer()
+    if dd_tracer is not None:
+        with dd_tracer.trace('cct job ' + entry) as span:
+            facts['dd_parent'] = None if span.parent_id is None else str(span.parent_id)
     try:
         task.update_state(state='PROGRESS', meta={'entry': entry})
         facts['update_state'] = 'ok'
@@ -353,9 +422,11 @@ def observe_entry_points(task, emit=None):
         'task_id': task_id,
         'thread': threading.current_thread().name,
         'span': current_span(),
+        'dd_span': current_dd_span(),
         'applied': list(APPLIED),
         'installed': installed_at_end(APPLIED),
         'sentry_forks_jobs': _sentry_forks_jobs(),
+        'submit_wrapped_by_others': submit_wrapped_by_others(),
         'versions': versions(),
     }
     for key, value in sorted(context.items()):
@@ -382,6 +453,20 @@ def assemble(parts):
     return report
 
 
+def submit_wrapped_by_others():
+    """What ``ThreadPoolExecutor.submit`` under install() answers: whether the job
+    wrappers of others run around ours (and what they set stays on top)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from celery_ctxthread.futures import _wrapped_by_others
+
+    pool = ThreadPoolExecutor(1)  # starts no thread until a job comes
+    try:
+        return _wrapped_by_others(pool.submit)
+    finally:
+        pool.shutdown()
+
+
 def _sentry_forks_jobs():
     """Sentry 2.x wraps ThreadPoolExecutor.submit to fork the scope per job; 1.x does not."""
     if _sentry() is None:
@@ -394,7 +479,7 @@ def _sentry_forks_jobs():
 def versions():
     """The versions of the neighbours and of Celery in this process, for failure messages."""
     found = {}
-    for name in ('sentry_sdk', 'opentelemetry.sdk.version', 'celery'):
+    for name in ('sentry_sdk', 'opentelemetry.sdk.version', 'ddtrace', 'celery'):
         module = sys.modules.get(name)
         if module is not None:
             found[name] = getattr(module, 'VERSION', None) or getattr(module, '__version__', None)
@@ -440,6 +525,8 @@ def problems(report, entry):
         found += _sentry_problems(report, facts, entry, forks)
     if 'otel' in applied:
         found += _otel_problems(report, facts)
+    if 'ddtrace' in applied:
+        found += _ddtrace_problems(report, facts)
     return found
 
 
@@ -466,6 +553,8 @@ def outcome(report, entry):
         found['sentry tag leaked'] = _job_tag(entry) in (facts['tags_after_job'] or {})
     if 'span_parent' in facts:
         found['task span parent'] = facts['span_parent'] == (report['span'] or {}).get('span_id')
+    if 'dd_parent' in facts:
+        found['task ddtrace span parent'] = facts['dd_parent'] == report.get('dd_span')
     return found
 
 
@@ -506,6 +595,17 @@ def _otel_problems(report, facts):
         return [
             "the job's span has parent %s in trace %s, expected the task's span %s in %s"
             % (facts['span_parent'], facts['span_trace'], span['span_id'], span['trace_id'])
+        ]
+    return []
+
+
+def _ddtrace_problems(report, facts):
+    if report.get('dd_span') is None:
+        return ['no ddtrace span was current in the task']
+    if facts['dd_parent'] != report['dd_span']:
+        return [
+            "the job's ddtrace span has parent %s, expected the task's span %s"
+            % (facts['dd_parent'], report['dd_span'])
         ]
     return []
 

@@ -296,6 +296,74 @@ def test_opentelemetry_in_either_order(order):
     assert report == {name: ['abc', True] for name in names}
 
 
+def _agent_check(check, variant):
+    """Run tests/agent_checks.py in a fresh process: an agent keeps its threads for good."""
+    root = os.path.dirname(DOCS)
+    command = [sys.executable, '-m', 'tests.agent_checks', check, variant]
+    env = dict(os.environ, PYTHONPATH=root)
+    for name in list(env):
+        if name.startswith(('ELASTIC_APM_', 'NEW_RELIC_', 'DJANGO_')):
+            del env[name]
+    returncode, output = run_bounded(command, 120, cwd=root, env=env)
+    reports = [line for line in output.splitlines() if line.startswith('{"check"')]
+    assert returncode == 0 and reports, output
+    return json.loads(reports[-1])['report']
+
+
+ELASTIC_THREAD = 'eapm event processor thread'
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='a prefork pool process is a fork')
+def test_elastic_apm_threads_started_in_worker_process_init_carry_no_task():
+    # The check runs load('elastic_apm_setup') in its own process.
+    _require('elasticapm', 'elasticapm')
+    child = _agent_check('elasticapm', 'recipe')['child']
+    assert ELASTIC_THREAD in child['threads'], child
+    assert set(child['threads'].values()) == {None}, child
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='a prefork pool process is a fork')
+def test_elastic_apm_restarts_its_threads_in_the_first_task():
+    """Without the recipe, the forked process's first task_postrun starts them in that task."""
+    _require('elasticapm', 'elasticapm')
+    child = _agent_check('elasticapm', 'without')['child']
+    first = child['tasks'][0]
+    assert child['threads'][ELASTIC_THREAD] == first, child
+    assert set(child['threads'].values()) == {first}, child
+
+
+def test_new_relic_registered_in_worker_init_keeps_its_thread_out_of_tasks():
+    # The check runs load('newrelic_setup') in its own process.
+    _require('newrelic', 'newrelic')
+    report = _agent_check('newrelic', 'recipe')
+    assert report['before'] == ['NR-Harvest-Thread']
+    assert report['threads'] == {'NR-Harvest-Thread': None}
+
+
+def test_new_relic_starts_its_harvest_thread_in_the_first_task():
+    _require('newrelic', 'newrelic')
+    report = _agent_check('newrelic', 'without')
+    assert report['before'] == []
+    assert report['threads'] == {'NR-Harvest-Thread': report['tasks'][0]}
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='counts open files in /proc')
+@pytest.mark.parametrize('variant', ['recipe', 'without'])
+def test_django_connections_closed_when_each_threads_work_is_done(variant):
+    # The check runs load('django_threads') in its own process.
+    _require('django', 'django')
+    report = _agent_check('django', variant)
+    assert report.pop('counts') == {'a': 1, 'b': 1, 'c': 1}
+    assert report.pop('pool counts') == [1, 1, 1]
+    if variant == 'recipe':
+        assert set(report.values()) == {0}, report
+    else:  # each dead thread's connection is open until the collector runs
+        assert report['open after the threads'] == 3, report
+        # ...and each of the pool's live threads keeps its own (1 to 3 threads ran the jobs)
+        in_pool = report['open after the pool jobs'] - 3
+        assert 1 <= in_pool <= 3 and report['open after the collector'] == in_pool, report
+
+
 def _green_example(example):
     result = example.crunch.delay([1, 2])
     assert result.get() == [(1, result.id), (2, result.id)]

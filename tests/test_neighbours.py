@@ -1,12 +1,13 @@
-"""Every entry point beside Sentry and OpenTelemetry, in every order of setting them up.
+"""Every entry point beside Sentry, OpenTelemetry and ddtrace, in every order of setting them up.
 
 For each order of ``sentry_sdk.init()``, ``ThreadingInstrumentor().instrument()``
-and ``cct.install()`` (and orders without some of them), a fresh interpreter
+and ``cct.install()`` (and orders without some of them, and orders with
+``ddtrace.patch(futures=True)``, ``uninstall()`` and ``install()`` again), a fresh interpreter
 (tests/neighbour_probe.py) runs each entry point inside a simulated task and
 reports what the target saw.  Each must see the task (``current_task``,
 ``self.request.id``, a working ``self.update_state``), Sentry's forked scope
 (the task's tags, and its own tag kept out of the task's scope) and
-OpenTelemetry's parent span (the task's).  Plain threading propagates the
+OpenTelemetry's and ddtrace's parent span (the task's).  Plain threading propagates the
 task only under ``install()``; without it nothing of ours runs there, and only
 the task's absence is checked.  Where Sentry does not fork a scope itself
 (Timers when OpenTelemetry came first, executor jobs on Sentry 1.x,
@@ -49,6 +50,22 @@ ORDERS = list(itertools.permutations(('sentry', 'otel', 'install'))) + [
     ('install', 'sentry', 'otel', 'uninstall'),
     ('install', 'sentry', 'uninstall'),
 ]
+
+# ddtrace wraps ThreadPoolExecutor.submit by rewriting the function's code in
+# place: after install() the attribute is still our function, with ddtrace's
+# code in it.
+DDTRACE_ORDERS = [
+    ('ddtrace',),
+    ('ddtrace', 'install'),
+    ('install', 'ddtrace'),
+    ('install', 'ddtrace', 'uninstall'),
+    ('install', 'ddtrace', 'uninstall', 'install'),
+    ('ddtrace', 'install', 'uninstall'),
+    ('ddtrace', 'install', 'uninstall', 'install'),
+    ('sentry', 'install', 'ddtrace', 'otel'),
+    ('install', 'sentry', 'ddtrace', 'otel', 'uninstall'),
+]
+ORDERS += DDTRACE_ORDERS
 
 _reports = {}
 
@@ -167,11 +184,13 @@ def test_asyncio_to_thread_under_install(order):
     [
         (('install', 'sentry', 'otel', 'uninstall'), ('sentry', 'otel')),
         (('install', 'sentry', 'uninstall'), ('sentry',)),
+        (('install', 'ddtrace', 'uninstall'), ('ddtrace',)),
+        (('install', 'sentry', 'ddtrace', 'otel', 'uninstall'), ('sentry', 'ddtrace', 'otel')),
     ],
-    ids=['sentry-otel', 'sentry'],
+    ids=['sentry-otel', 'sentry', 'ddtrace', 'sentry-ddtrace-otel'],
 )
 def test_uninstall_under_their_wrappers_leaves_plain_threading_as_without_us(order, without_us):
-    """After uninstall(), ours stays under Sentry's and OpenTelemetry's wrappers and
+    """After uninstall(), ours stays under Sentry's, OpenTelemetry's and ddtrace's wrappers and
     passes through: plain threading gets exactly what it gets where we never installed
     (between Sentry and OpenTelemetry themselves, that is not always their propagation)."""
     ours, theirs = complete(probe_report(order)), complete(probe_report(without_us))
@@ -185,3 +204,30 @@ def test_plain_threads_do_not_propagate_without_install():
     report = complete(probe_report(('sentry', 'otel')))
     assert neighbours.outcome(report, 'Thread').get('task') is False
     assert neighbours.outcome(report, 'TaskThread').get('task') is True
+
+
+@pytest.mark.parametrize(
+    'order',
+    [('install', 'ddtrace', 'uninstall'), ('install', 'ddtrace', 'uninstall', 'install')],
+    ids=order_id,
+)
+def test_uninstall_keeps_ddtrace_executor_tracing(order):
+    """The issue: ddtrace rewrites ``ThreadPoolExecutor.submit``'s code in place, so the
+    attribute was still ours and uninstall() put the stdlib's back, silently taking
+    ddtrace's executor tracing out: a job's span lost its parent."""
+    report = complete(probe_report(order))
+    assert neighbours.outcome(report, 'ThreadPoolExecutor.submit') == {
+        'task': neighbours.installed_at_end(order),
+        'task ddtrace span parent': True,
+    }
+
+
+@pytest.mark.parametrize(
+    'order',
+    [('install', 'ddtrace'), ('install', 'ddtrace', 'uninstall', 'install')],
+    ids=order_id,
+)
+def test_ddtrace_rewriting_our_submit_counts_as_wrapping_it(order):
+    """ddtrace's code in our ``submit`` runs its job wrapper around ours: what it sets
+    for the job stays on top of the snapshot, as for any wrapper below ours."""
+    assert complete(probe_report(order))['submit_wrapped_by_others'] is True
