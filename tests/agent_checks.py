@@ -10,9 +10,10 @@ and reads the one JSON line it prints::
 Nothing leaves the machine: each agent's server is a loopback port bound here
 and never listened on (a connection to it is refused), Elastic APM looks for no
 cloud provider, and New Relic runs in developer mode (a collector of its own
-that sends nothing) with every cloud and container detection off.  (New Relic
-still finds the host's address by ``connect()``-ing a UDP socket to a public
-address, which sends no packet.)
+that sends nothing) with every cloud and container detection off.  New Relic
+would learn the host's address by ``connect()``-ing a UDP socket to a public
+address (no packet, but not loopback): it is handed the loopback address
+instead, and any connect to an address off this machine raises here.
 """
 
 from __future__ import absolute_import, print_function
@@ -36,6 +37,17 @@ from tests.test_docs_examples import load
 
 TIMEOUT = 10.0
 _DEAD = []
+_connect = socket.socket.connect
+
+
+def _loopback_only(sock, address):
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None and not (host.startswith('127.') or host in ('::1', 'localhost')):
+        raise OSError('agent_checks: refusing to connect to %r: loopback only' % (address,))
+    return _connect(sock, address)
+
+
+socket.socket.connect = _loopback_only
 
 
 def dead_port():
@@ -153,6 +165,9 @@ def newrelic(variant):
     with io.open(config, 'wb') as handle:
         handle.write((NEWRELIC_INI % dead_port()).encode('ascii'))
     os.environ['NEW_RELIC_CONFIG_FILE'] = config
+    from newrelic.common import system_info
+
+    system_info._nr_cached_ip_address = ['127.0.0.1']  # see the module's docstring
     example = load('newrelic_setup')
     if variant == 'recipe':
         # A worker's __init__ sends worker_init; it is not started.
