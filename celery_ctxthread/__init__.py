@@ -9,15 +9,31 @@
         cct.TaskThread(target=self.update_state, kwargs={'state': 'PROGRESS'}).start()
 
 See the README and docs/ for every entry point.
+
+Importing the package does exactly two things beyond defining names, both
+because they cannot wait for a first call:
+
+- it sets the late-update guard up (:mod:`celery_ctxthread.guard`): Celery
+  4.3 to 5.1 bind ``backend.mark_as_done`` into each task's tracer when they
+  build it, which a worker does once at start, so a guard set up later would
+  never see a task succeed;
+- it connects the worker-wide switch to the worker's signals
+  (:mod:`celery_ctxthread.worker`), and reads its environment variable, so
+  that a worker with a typo there refuses to start.
+
+Nothing else at import changes Celery or the standard library.
 """
 
-from celery_ctxthread import worker  # noqa: F401  (connects the worker-wide switch)
+from celery_ctxthread import guard, worker
 from celery_ctxthread.context import TaskContext, capture, wrap
 from celery_ctxthread.futures import TaskThreadPoolExecutor, submit
 from celery_ctxthread.patch import install, installed, uninstall
 from celery_ctxthread.threads import TaskThread, TaskTimer, opt_out
 
 __version__ = '0.1.0'
+
+guard.set_up()
+worker.connect()
 
 __all__ = [
     'TaskContext',

@@ -1,7 +1,5 @@
 """The few names that differ between Python 2.7 and 3.x, and the tested Celery range."""
 
-import sys
-import threading
 import warnings
 
 import celery
@@ -12,15 +10,6 @@ except ImportError:  # Python 2.7: nothing to propagate
 
     def copy_context():
         return None
-
-
-# Python 2.7's ``threading.Timer`` is a factory function; the class is private.
-TimerBase = threading.Timer if isinstance(threading.Timer, type) else threading._Timer
-
-
-# Python 3's ThreadPoolExecutor drops a failed job's work item from the
-# traceback it keeps with the future; Python 2.7's futures backport does not.
-RELEASES_WORK_ITEMS = sys.version_info[0] >= 3
 
 
 def split_fn(args, name):

@@ -1,7 +1,8 @@
 """Snapshot a thread's Celery task context and run code inside it elsewhere.
 
 This is the one capture -> activate -> restore mechanism; every entry point
-(threads, timers, executors, ``install()``) goes through it::
+(threads, timers, executors, ``wrap()``, ``install()``) runs its target through
+one :class:`_CallInContext`, and :meth:`TaskContext.run` through the same code::
 
     >>> import celery_ctxthread as cct
     >>> context = cct.capture()          # in the task's thread
@@ -15,26 +16,28 @@ What a snapshot holds, and why:
   and ``get_current_worker_task()`` all read these.  The request object is
   *shared*, not copied: a thread is part of its task, so a subtask it
   ``.delay()``\\ s lands in the task's ``children``;
-- the thread's current app (``celery._state._tls.current_app``);
+- the thread's current app, and (Celery 5) the task's result backend, which
+  the thread uses instead of building one of its own;
 - the ``contextvars`` context, which each run enters as a *fresh copy*: one
   context cannot be entered by two threads at once, and a job's changes must
   not leak into the next job.
 
 Outside any task the snapshot is empty and running under it is exactly calling
-the function, like the stdlib does.
+the function, like the stdlib does.  Celery's private state is read and
+changed only through :mod:`celery_ctxthread._celery`.
 """
 
 import functools
 from operator import is_
 
-from celery import _state
-
-from celery_ctxthread import _stacks, guard
+from celery_ctxthread import _celery
 from celery_ctxthread._compat import copy_context
 
-_APP_LOCAL = _state._tls
-# The thread's newest snapshot is kept in its task stack entry (see capture()).
-_NEWEST = 'celery_ctxthread.snapshot'
+_APP_LOCAL = _celery.APP_LOCAL
+
+#: Called with each request whose task's context a snapshot captures first
+#: (the late-update guard's ``watch``, while it is set up).
+capture_hooks = []
 
 
 class TaskContext(object):
@@ -45,26 +48,26 @@ class TaskContext(object):
     captures it again).
     """
 
-    __slots__ = ('_celery', '_vars')
+    __slots__ = ('_contextvars', '_tasks')
 
-    def __init__(self, celery, vars):
-        self._celery = celery  # a _CelerySnapshot, shared by captures of the same tasks
-        self._vars = vars  # this capture's copy_context(), or None on Python 2.7
+    def __init__(self, tasks, contextvars):
+        self._tasks = tasks  # a _CapturedTasks, shared by captures of the same tasks
+        self._contextvars = contextvars  # this capture's copy_context(), or None on Python 2.7
 
     @property
     def task(self):
         """The task on top of the captured stack, or None outside a task."""
-        return self._celery.task
+        return self._tasks.task
 
     @property
     def request(self):
         """That task's request (shared with the task), or None."""
-        return self._celery.request
+        return self._tasks.request
 
     @property
     def task_id(self):
         """That request's task id, or None: handy for log lines."""
-        return getattr(self._celery.request, 'id', None)
+        return getattr(self._tasks.request, 'id', None)
 
     def run(*args, **kwargs):  # (self, fn, /, *args, **kwargs), as Context.run
         """Call ``fn(*args, **kwargs)`` in this context on the current thread.
@@ -72,61 +75,96 @@ class TaskContext(object):
         The thread's stacks and current app are restored to exactly what they
         were afterwards, also when ``fn`` raises (``BaseException`` included).
         """
-        try:  # cheaper than checking len(args) first
-            self, fn = args[0], args[1]
-        except IndexError:
-            error = TypeError('run() missing its first positional argument')
-            error.__suppress_context__ = True  # ``from None``, which 2.7 cannot parse
-            raise error
-        return self._call(fn, args[2:], kwargs)
+        if len(args) < 2:
+            raise TypeError('run() missing its first positional argument')
+        return _CallInContext(args[0], args[1], args[2:], kwargs)()
 
-    def _call(self, fn, args, kwargs, keep_outer=False):
-        """:meth:`run`, for the entry points.  ``keep_outer``: the contextvars that
-        wrappers around this call set (Sentry's forked scope around a thread's
-        run) stay set on top of the snapshot's."""
-        celery, vars = self._celery, self._vars
-        step = celery.step
-        if step is None:
-            return fn(*args, **kwargs)
-        # Saved even when the snapshot has no app: the target may make one
-        # current, and a pool thread must not keep it for its next job.
-        previous_app = _APP_LOCAL.current_app
-        if celery.app is not None:
-            _APP_LOCAL.current_app = celery.app
-        seat = celery.backend_seat
-        if seat is not None:  # the task's backend: see _stacks.task_backend_seat
+    def __repr__(self):
+        task = self._tasks.task
+        if task is None:
+            return '<TaskContext empty>'
+        return '<TaskContext %s[%s]>' % (getattr(task, 'name', task), self.task_id)
+
+
+class _CallInContext(object):
+    """``fn`` bound to a snapshot and its arguments: calling it runs ``fn`` there.
+
+    Extra call arguments are appended (a pool's job arguments, ``wrap()``'s).
+    ``once``: let go of the function, its arguments and the snapshot when
+    called, as ``Thread.run`` lets go of its target (a thread's run, a queued
+    job).  ``keep_outer``: the contextvars that wrappers around this call set
+    (Sentry's forked scope around a thread's run) stay set on top of the
+    snapshot's.
+    """
+
+    __slots__ = ('args', 'context', 'fn', 'keep_outer', 'kwargs', 'once')
+
+    def __init__(self, context, fn, args=(), kwargs=None, once=False, keep_outer=False):
+        self.context = context
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.once = once
+        self.keep_outer = keep_outer
+
+    def __call__(self, *more_args, **more_kwargs):
+        context, fn, args, kwargs = self.context, self.fn, self.args, self.kwargs
+        if self.once:
+            self.context = self.fn = self.args = self.kwargs = None
+            if fn is None:  # called again: like Thread.run after its target was dropped
+                return None
+        if more_args:
+            args += more_args
+        if kwargs is None:
+            kwargs = more_kwargs
+        elif more_kwargs:
+            kwargs = dict(kwargs, **more_kwargs)
+        tasks, contextvars = context._tasks, context._contextvars
+        pusher = tasks.pusher
+        try:
+            if pusher is None:  # outside any task: exactly the call
+                return fn(*args, **kwargs)
+            if contextvars is not None:
+                outer = copy_context() if self.keep_outer else None
+                if outer:
+                    args, fn = (outer, fn, args, kwargs), _set_then_call
+                args, fn = (fn,) + args, contextvars.copy().run
+            # Saved even when the snapshot has no app: the target may make one
+            # current, and a pool thread must not keep it for its next job.
+            previous_app = _APP_LOCAL.current_app
+            if tasks.app is not None:
+                _APP_LOCAL.current_app = tasks.app
+            seat = tasks.backend_seat
+            if seat is None:
+                try:
+                    return pusher.call(fn, args, kwargs)
+                finally:
+                    _APP_LOCAL.current_app = previous_app
             backend_local, backend = seat
             previous_backend = getattr(backend_local, 'backend', None)
             backend_local.backend = backend
-        token = None
-        try:  # pushed inside the try: the app is put back if the push fails
-            token = step.push()
-            if vars is None:
-                return fn(*args, **kwargs)
-            if keep_outer:
-                outer = copy_context()
-                if outer:
-                    return vars.copy().run(_set_then_call, outer, fn, args, kwargs)
-            return vars.copy().run(fn, *args, **kwargs)
-        finally:
-            if token is not None:
-                step.restore(token)
-            if seat is not None:
+            try:
+                return pusher.call(fn, args, kwargs)
+            finally:
                 if previous_backend is None:  # the thread had none: it is left with none
                     backend_local.__dict__.pop('backend', None)
                 else:
                     backend_local.backend = previous_backend
-            _APP_LOCAL.current_app = previous_app
+                _APP_LOCAL.current_app = previous_app
+        finally:
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.
-            self = celery = vars = step = token = fn = args = kwargs = None
-            seat = backend = previous_backend = None
+            self = context = tasks = contextvars = pusher = fn = args = kwargs = None
+            more_args = more_kwargs = seat = backend = previous_backend = None
 
-    def __repr__(self):
-        task = self._celery.task
-        if task is None:
-            return '<TaskContext empty>'
-        return '<TaskContext %s[%s]>' % (getattr(task, 'name', task), self.task_id)
+    @property
+    def __func__(self):
+        """To a wrapper that comes after us, a thread's run behaves like the bound
+        method it replaces: Sentry calls ``thread.run.__func__(thread)``."""
+        return self._called_with_thread
+
+    def _called_with_thread(self, thread, *args, **kwargs):
+        return self()
 
 
 def _set_then_call(outer, fn, args, kwargs):
@@ -135,20 +173,22 @@ def _set_then_call(outer, fn, args, kwargs):
     return fn(*args, **kwargs)
 
 
-class _CelerySnapshot(object):
-    """The Celery half of a snapshot, shared by captures of the same ``key``:
-    ``(app, *tasks, *tops)``, as :func:`_stacks.read_tasks` reads them."""
+class _CapturedTasks(object):
+    """The Celery half of a snapshot, shared by captures of the same ``identity``:
+    ``(app, *tasks, *top_requests)``, as :func:`_celery.read_tasks` reads them."""
 
-    __slots__ = ('app', 'backend_seat', 'key', 'request', 'step', 'task')
+    __slots__ = ('app', 'backend_seat', 'identity', 'pusher', 'request', 'task')
 
-    def __init__(self, key, tasks, tops):
-        self.key, self.app = key, key[0]
+    def __init__(self, identity, tasks, top_requests):
+        self.identity, self.app = identity, identity[0]
         self.task = tasks[-1] if tasks else None
-        self.request = tops[-1] if tasks else None
-        self.step = _stacks.plan(_pushes(tasks, tops)) if tasks else None
+        self.request = top_requests[-1] if tasks else None
+        self.pusher = _celery.pusher_for(_pushes(tasks, top_requests)) if tasks else None
         self.backend_seat = _backend_seat(self.task) if tasks else None
-        for request in tops:
-            guard.watch(request)
+        for request in top_requests:
+            if request is not None:
+                for hook in capture_hooks:
+                    hook(request)
 
 
 def _backend_seat(task):
@@ -156,13 +196,13 @@ def _backend_seat(task):
         app = task.app
     except Exception:  # not a bound task: nothing to share
         return None
-    return _stacks.task_backend_seat(app)
+    return _celery.task_backend_seat(app)
 
 
-def _pushes(tasks, tops):
+def _pushes(tasks, top_requests):
     """The task stack, then each task's request stack once, with its top request."""
-    pushes, seen = [(_stacks.TASK_STACK, tasks)], set()
-    for task, top in zip(tasks, tops):
+    pushes, seen = [(_celery.TASK_STACK, tasks)], set()
+    for task, top in zip(tasks, top_requests):
         stack = getattr(task, 'request_stack', None)  # None on an unbound task class
         # Once per stack, by identity (ids of live objects): a task may be on the stack twice.
         if stack is not None and id(stack) not in seen:
@@ -172,7 +212,7 @@ def _pushes(tasks, tops):
     return pushes
 
 
-_EMPTY = TaskContext(_CelerySnapshot((None,), (), ()), None)
+_EMPTY = TaskContext(_CapturedTasks((None,), (), ()), None)
 
 
 def capture():
@@ -181,26 +221,25 @@ def capture():
     Cheap enough to call per job.  Outside any task it returns a shared empty
     snapshot, and running under it is exactly calling the function.
     """
-    tasks, tops, memo = _stacks.read_tasks()
+    tasks, top_requests, thread_entry = _celery.read_tasks()
     if not tasks:
         return _EMPTY
-    app = _APP_LOCAL.current_app
-    vars = copy_context()
-    # The thread's newest snapshot is kept in the memo, which Celery deletes
-    # with the last task: a loop of start()s or submit()s in a task plans the
+    contextvars = copy_context()
+    # The thread's newest snapshot is kept in its entry, which Celery deletes
+    # with the last task: a loop of start()s or submit()s in a task builds the
     # pushes once, and nothing outlives the task.
-    newest = memo.get(_NEWEST) if memo is not None else None
-    key = (app,) + tasks + tops
-    old = newest._celery.key if newest is not None else ()
+    newest = thread_entry.get(_celery.NEWEST_SNAPSHOT) if thread_entry is not None else None
+    identity = (_APP_LOCAL.current_app,) + tasks + top_requests
+    old = newest._tasks.identity if newest is not None else ()
     # The same objects, compared with ``is``: nobody's ``__eq__`` runs.
-    if len(old) != len(key) or not all(map(is_, old, key)):
-        newest = TaskContext(_CelerySnapshot(key, tasks, tops), vars)
-    elif vars or newest._vars:  # contexts are never compared: each capture its own
-        newest = TaskContext(newest._celery, vars)
+    if len(old) != len(identity) or not all(map(is_, old, identity)):
+        newest = TaskContext(_CapturedTasks(identity, tasks, top_requests), contextvars)
+    elif contextvars or newest._contextvars:  # contexts are never compared: each its own
+        newest = TaskContext(newest._tasks, contextvars)
     else:  # no contextvars at all (or none on 2.7): the same snapshot, whole
         return newest
-    if memo is not None:
-        memo[_NEWEST] = newest
+    if thread_entry is not None:
+        thread_entry[_celery.NEWEST_SNAPSHOT] = newest
     return newest
 
 
@@ -216,13 +255,13 @@ def wrap(fn):
     """
     if not callable(fn):
         raise TypeError('wrap() expects a callable, got %r' % (fn,))
-    context = capture()
+    call = _CallInContext(capture(), fn)
 
     def run_in_task_context(*args, **kwargs):
-        return context._call(fn, args, kwargs)
+        return call(*args, **kwargs)
 
     present = [name for name in functools.WRAPPER_ASSIGNMENTS if hasattr(fn, name)]
     functools.update_wrapper(run_in_task_context, fn, assigned=present)
     run_in_task_context.__wrapped__ = fn  # Python 2.7's update_wrapper does not set it
-    run_in_task_context.task_context = context
+    run_in_task_context.task_context = call.context
     return run_in_task_context

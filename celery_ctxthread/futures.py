@@ -17,112 +17,35 @@ worker threads carry none between jobs.
 
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import MethodType
 
-from celery_ctxthread._compat import RELEASES_WORK_ITEMS, set_exception, split_fn
-from celery_ctxthread.context import _EMPTY, TaskContext, capture
-from celery_ctxthread.threads import TaskThread, _inside_pool
-
-
-def _unwrapped(function):
-    while hasattr(function, '__wrapped__'):  # through Sentry's, OpenTelemetry's, ours
-        function = function.__wrapped__
-    return function
+from celery_ctxthread._compat import set_exception, split_fn
+from celery_ctxthread._install_state import run_as_pool_code, wrapped_by_others
+from celery_ctxthread.context import _EMPTY, _CallInContext, capture
+from celery_ctxthread.threads import TaskThread
 
 
-# The stdlib's own submit, even when someone patched it before we were imported.
-_STDLIB_SUBMIT = _unwrapped(ThreadPoolExecutor.__dict__['submit'])
-
-
-# install()'s own submit wrappers, which pass our jobs through untouched.
-# Found by identity: functools.wraps copies attributes onto others' wrappers.
-# Each maps to the code it was made with: ddtrace wraps a function by giving
-# it new code in place, and then theirs runs around ours.
-_passing_submits = {}  # id -> the function's code
-_passing_kept = []  # the functions, kept alive so that each id stays its own
-
-
-def _keep_passing_submit(function):
-    _passing_kept.append(function)
-    _passing_submits[id(function)] = function.__code__
-
-
-def _wrapped_by_others(submit):
-    """Whether anyone but us wraps ``submit`` (bound): their job wrappers run around ours."""
-    function = submit.__func__ if type(submit) is MethodType else None
-    while function is not _STDLIB_SUBMIT:
-        code = _passing_submits.get(id(function))  # None for anyone's but ours, and for None
-        if code is None or code is not function.__code__:
-            return True
-        function = function.__wrapped__
-    return False
-
-
-def _submit_in_context(submit, args, kwargs):
-    """Call ``submit(fn, *rest, **kwargs)`` with ``fn`` wrapped in the caller's context.
+def submit_in_context(submit, args, kwargs):
+    """Call ``submit(fn, *rest, **kwargs)`` with ``fn`` bound to the caller's context.
 
     ``submit`` is bound to the executor, ``args`` is ``(fn, *rest)``: ``fn``
     is positional-only, as in the stdlib, so a job may take a keyword argument
-    named ``fn``.
+    named ``fn``.  The threads ``submit`` starts are the pool's own, never the task's.
     """
     if not args:  # the stdlib raises its own TypeError
         return submit(*args, **kwargs)
-    fn = args[0]
-    if type(fn) is _JobInContext:  # from our map(): captured once for all its jobs
-        context, fn = fn.context, fn.fn
-    else:
+    if type(args[0]) is not _CallInContext:  # else bound already, by our map()
         context = capture()
         if context is _EMPTY:
             # Nothing to propagate: a worker thread this submit() starts would
-            # capture the same empty context, so the flag below is not needed.
+            # capture the same empty context, so it need not be told apart.
             return submit(*args, **kwargs)
-    # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our job:
-    # what they set for it stays set on top of the snapshot.
-    keep_outer = _wrapped_by_others(submit)
-    was_inside, _inside_pool.active = _inside_pool.active, True
-    try:
-        if RELEASES_WORK_ITEMS:
-            # The plain function, not a bound method: one object less per queued job.
-            return submit(TaskContext._call, context, fn, args[1:], kwargs, keep_outer)
-        return submit(_OneShotJob(context, fn, args[1:], kwargs, keep_outer))
-    finally:
-        _inside_pool.active = was_inside
-
-
-class _JobInContext(object):
-    """``fn`` bound to a context captured once; the executors' ``submit`` unpacks it."""
-
-    __slots__ = ('context', 'fn')
-
-    def __init__(self, context, fn):
-        self.context = context
-        self.fn = fn
-
-    def __call__(self, *args, **kwargs):  # a pool's job, or a subclass calling it
-        try:
-            return self.context._call(self.fn, args, kwargs)
-        finally:
-            self = None  # a failed job's traceback keeps this frame
-
-
-class _OneShotJob(object):
-    """One job's ``TaskContext._call`` arguments, let go of when it runs.
-
-    Python 2.7's ``futures`` keeps a failed job's work item, and so this job,
-    in the traceback the future holds; Python 3's executor lets go of it.
-    """
-
-    __slots__ = ('call',)
-
-    def __init__(self, *call):
-        self.call = call
-
-    def __call__(self):
-        call, self.call = self.call, None
-        try:
-            return TaskContext._call(*call)
-        finally:
-            self = call = None
+        # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our
+        # job: what they set for it stays set on top of the snapshot.
+        job = _CallInContext(
+            context, args[0], args[1:], kwargs, once=True, keep_outer=wrapped_by_others(submit)
+        )
+        args, kwargs = (job,), {}
+    return run_as_pool_code(submit, args, kwargs)
 
 
 class TaskThreadPoolExecutor(ThreadPoolExecutor):
@@ -137,7 +60,7 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
         self, args = split_fn(args, 'submit')
-        return _submit_in_context(super(TaskThreadPoolExecutor, self).submit, args, kwargs)
+        return submit_in_context(super(TaskThreadPoolExecutor, self).submit, args, kwargs)
 
     submit.__doc__ = ThreadPoolExecutor.submit.__doc__
 
@@ -147,7 +70,8 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
         # (Python 3.14's buffersize) from whichever thread iterates.
         context = capture()
         if context is not _EMPTY:
-            fn = _JobInContext(context, fn)
+            submit = super(TaskThreadPoolExecutor, self).submit
+            fn = _CallInContext(context, fn, keep_outer=wrapped_by_others(submit))
         return ThreadPoolExecutor.map(self, fn, *iterables, **kwargs)
 
     map.__doc__ = ThreadPoolExecutor.map.__doc__

@@ -34,10 +34,12 @@ would publish the retry and the task would carry on, so it would run twice.
 What it cannot stop: a direct ``backend.store_result(...)``, which goes around
 ``update_state``.
 
-The wrappers are put in place when ``celery_ctxthread`` is imported: Celery
-4.3 to 5.1 bind ``backend.mark_as_done`` into a task's tracer when they build
-it, which a worker does once at start.  For a task whose context was never
-captured each wrapper only looks its request up and passes the call through.
+:func:`set_up` puts the wrappers in place and :func:`tear_down` takes them
+out; ``celery_ctxthread`` sets the guard up when it is imported (its
+docstring says why).  The guard hooks into the core
+(:data:`celery_ctxthread.context.capture_hooks`), never the other way round.
+For a task whose context was never captured each wrapper only looks its
+request up and passes the call through.
 """
 
 import functools
@@ -46,10 +48,9 @@ import threading
 import weakref
 
 from celery.app.task import Task
-from celery.backends.base import BaseBackend
 from celery.signals import task_postrun
 
-from celery_ctxthread import _patching
+from celery_ctxthread import _celery, _patching, context
 
 _logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ _logger = logging.getLogger(__name__)
 # copies a request's __dict__ into nested requests and their message headers.
 _watched = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-_guard_set_up = []
+_applied = []  # the MethodPatch objects while set up
 
 
 class _Watch(object):
@@ -82,7 +83,7 @@ class _Watch(object):
 
 def watch(request):
     """Note that ``request``'s context was captured in the current thread."""
-    if request is not None and _watch_of(request) is None:
+    if _watch_of(request) is None:
         with _lock:
             try:
                 _watched.setdefault(request, _Watch(threading.current_thread()))
@@ -98,20 +99,39 @@ def _watch_of(request):
 
 
 def set_up():
-    """Put the guard in place, once per process; idempotent and thread-safe."""
-    if _guard_set_up:
-        return
+    """Put the guard in place; idempotent and thread-safe."""
     with _patching.lock:
-        if _guard_set_up:
+        if _applied:
             return
-        for name in ('mark_as_done', 'mark_as_failure', 'mark_as_revoked'):
-            # Defined on celery.backends.base.Backend and inherited by every backend.
-            owner = _patching.defining_class(BaseBackend, name)
-            _patching.MethodPatch(owner, name, _marking_finished).apply()
-        _patching.MethodPatch(Task, 'update_state', _guarded_update_state).apply()
-        _patching.MethodPatch(Task, 'retry', _refusing_retry_elsewhere).apply()
+        patches = [
+            _patching.MethodPatch(_celery.final_store_owner(name), name, _marking_finished)
+            for name in _celery.FINAL_STORES
+        ]
+        patches.append(_patching.MethodPatch(Task, 'update_state', _guarded_update_state))
+        patches.append(_patching.MethodPatch(Task, 'retry', _refusing_retry_elsewhere))
+        for patch in patches:
+            patch.apply()
+            _applied.append(patch)
         task_postrun.connect(_mark_ended, weak=False, dispatch_uid=__name__)
-        _guard_set_up.append(True)
+        context.capture_hooks.append(watch)
+
+
+def tear_down():
+    """Take the guard out again (for tests): Celery's methods are back where
+    nobody wrapped them since; a method someone wrapped keeps ours under theirs."""
+    with _patching.lock:
+        if not _applied:
+            return
+        context.capture_hooks.remove(watch)
+        task_postrun.disconnect(_mark_ended, dispatch_uid=__name__)
+        for patch in reversed(_applied):
+            patch.restore()
+        del _applied[:]
+
+
+def is_set_up():
+    """Whether :func:`set_up` is in effect."""
+    return bool(_applied)
 
 
 def _mark_ended(sender=None, task=None, **kwargs):
@@ -121,17 +141,11 @@ def _mark_ended(sender=None, task=None, **kwargs):
 
 
 def _marking_finished(store):
-    # Positions read from the signature, Celery 4.3 to 5.7 alike.
-    request_at = _patching.argument_position(store, 'request')
-    store_at = _patching.argument_position(store, 'store_result')
-    checks_ignore_result = store.__name__ == 'mark_as_done'
+    read_call = _celery.final_store_reader(store)
 
     @functools.wraps(store)
     def mark_then_store(self, task_id, *args, **kwargs):
-        request = kwargs.get('request', args[request_at - 1] if len(args) >= request_at else None)
-        stored = kwargs.get('store_result', args[store_at - 1] if len(args) >= store_at else True)
-        if checks_ignore_result and getattr(request, 'ignore_result', False):
-            stored = False  # mark_as_done then stores nothing (Celery 5)
+        request, stored = read_call(args, kwargs)
         watched = _watch_of(request) if request is not None else None
         if watched is None or not stored or getattr(request, 'id', None) != task_id:
             return store(self, task_id, *args, **kwargs)
@@ -188,6 +202,3 @@ def _warn_once(watched, request, state):
         state,
         thread.name,
     )
-
-
-set_up()  # at import: see the module's docstring

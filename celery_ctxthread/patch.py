@@ -32,22 +32,23 @@ everything straight through, exactly like the original.
 import concurrent.futures
 import functools
 import logging
-import multiprocessing.pool
-import multiprocessing.queues
 import threading
 
-from celery_ctxthread import _patching
-from celery_ctxthread._compat import TimerBase, split_fn
+from celery_ctxthread import _patching, _stdlib
+from celery_ctxthread._compat import split_fn
+from celery_ctxthread._install_state import (
+    inside_pool_code,
+    register_passing_submit,
+    run_as_pool_code,
+    state,
+)
 from celery_ctxthread._patching import binder
-from celery_ctxthread.context import _EMPTY, capture
-from celery_ctxthread.futures import _JobInContext, _keep_passing_submit, _submit_in_context
-from celery_ctxthread.threads import _inside_pool, _start_in_context
-
-_ThreadPool = multiprocessing.pool.ThreadPool
+from celery_ctxthread.context import _EMPTY, _CallInContext, capture
+from celery_ctxthread.futures import submit_in_context
+from celery_ctxthread.threads import start_in_context
 
 _logger = logging.getLogger(__name__)
 
-_enabled = False
 _applied = []  # the MethodPatch objects of the current install()
 
 
@@ -56,9 +57,9 @@ def _propagating_start(original):
 
     @functools.wraps(original)
     def start(self):
-        if not _enabled:
+        if not state.enabled or inside_pool_code():  # off, or a pool starting its own
             return bind(self)()
-        return _start_in_context(self, bind(self))
+        return start_in_context(self, bind(self))
 
     return start
 
@@ -70,11 +71,11 @@ def _propagating_submit(original):
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), as the stdlib's
         self, args = split_fn(args, 'submit')
         method = bind(self)
-        if not _enabled or _inside_pool.active:  # off, or a job our executor already wrapped
+        if not state.enabled or inside_pool_code():  # off, or a job our executor wrapped
             return method(*args, **kwargs)
-        return _submit_in_context(method, args, kwargs)
+        return submit_in_context(method, args, kwargs)
 
-    _keep_passing_submit(submit)
+    register_passing_submit(submit)
     return submit
 
 
@@ -84,28 +85,25 @@ def _propagating_pool_job(original):
 
     @functools.wraps(original)
     def method(self, func, *args, **kwargs):
-        if _enabled and isinstance(self, _ThreadPool) and type(func) is not _JobInContext:
+        pool_job = isinstance(self, _stdlib.ThreadPool) and type(func) is not _CallInContext
+        if state.enabled and pool_job:
             context = capture()
             if context is not _EMPTY:
-                func = _JobInContext(context, func)
+                func = _CallInContext(context, func)
         return bind(self)(func, *args, **kwargs)
 
     return method
 
 
-def _starting_pool_threads(original):
+def _without_propagation(original):
     """A method that starts a pool's own long-lived threads: they get no context."""
     bind = binder(original)
 
     @functools.wraps(original)
     def method(self, *args, **kwargs):
-        if not _enabled or _inside_pool.active:
+        if not state.enabled:
             return bind(self)(*args, **kwargs)
-        _inside_pool.active = True
-        try:
-            return bind(self)(*args, **kwargs)
-        finally:
-            _inside_pool.active = False
+        return run_as_pool_code(bind(self), args, kwargs)
 
     return method
 
@@ -119,41 +117,33 @@ def _targets():
     """
     thread_class = _patching.defining_class(threading.Thread, 'start')
     yield thread_class, 'start', _propagating_start
-    if 'start' in TimerBase.__dict__:
-        yield TimerBase, 'start', _propagating_start
+    if 'start' in _stdlib.TimerBase.__dict__:
+        yield _stdlib.TimerBase, 'start', _propagating_start
     executor = concurrent.futures.ThreadPoolExecutor
     yield _patching.defining_class(executor, 'submit'), 'submit', _propagating_submit
-    pool = multiprocessing.pool.Pool
-    # map(), starmap() and their _async forms all go through _map_async (3.x);
-    # apply() through apply_async().
-    map_method = '_map_async' if hasattr(pool, '_map_async') else 'map_async'
-    for name in ('apply_async', map_method, 'imap', 'imap_unordered'):
-        yield _patching.defining_class(pool, name), name, _propagating_pool_job
-    yield _patching.defining_class(_ThreadPool, '__init__'), '__init__', _starting_pool_threads
-    process_pool = concurrent.futures.ProcessPoolExecutor
-    yield _patching.defining_class(process_pool, 'submit'), 'submit', _starting_pool_threads
-    queue = multiprocessing.queues.Queue
-    yield _patching.defining_class(queue, '_start_thread'), '_start_thread', _starting_pool_threads
+    for name in _stdlib.POOL_JOB_METHODS:
+        owner = _patching.defining_class(_stdlib.ThreadPool, name)
+        yield owner, name, _propagating_pool_job
+    for cls, name in _stdlib.POOL_THREAD_STARTERS:
+        yield _patching.defining_class(cls, name), name, _without_propagation
 
 
 def install():
     """Make plain threads and thread pools started inside tasks propagate."""
-    global _enabled
     with _patching.lock:
-        if _enabled:
+        if state.enabled:
             return
         for owner, name, make in _targets():
             patch = _patching.MethodPatch(owner, name, make)
             patch.apply()
             _applied.append(patch)
-        _enabled = True
+        state.enabled = True
 
 
 def uninstall():
     """Undo :func:`install`; a no-op when it is not installed."""
-    global _enabled
     with _patching.lock:
-        _enabled = False  # first: a patch left under someone's wrapper passes through
+        state.enabled = False  # first: a patch left under someone's wrapper passes through
         for patch in reversed(_applied):
             owner, name = patch.owner.__name__, patch.name
             if not patch.restore():
@@ -169,4 +159,4 @@ def uninstall():
 
 def installed():
     """Return True while :func:`install` is in effect."""
-    return _enabled
+    return state.enabled

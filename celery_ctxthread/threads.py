@@ -21,20 +21,8 @@ that override ``run()`` are covered too.  ``run()`` called directly, without
 
 import threading
 
-from celery_ctxthread._compat import TimerBase
-from celery_ctxthread.context import _EMPTY, capture
-
-
-class _InsidePool(threading.local):
-    # Set while a pool's own code runs on this thread (an executor's submit(),
-    # a ThreadPool being built): the threads started then are the pool's
-    # workers and helpers, which outlive the job and must never keep its
-    # context, and a submit() reached then is already wrapped by ours.
-    # A class default, so that reading it never raises and catches.
-    active = False
-
-
-_inside_pool = _InsidePool()
+from celery_ctxthread._stdlib import TimerBase
+from celery_ctxthread.context import _EMPTY, _CallInContext, capture
 
 
 def opt_out(thread):
@@ -46,60 +34,34 @@ def opt_out(thread):
     """
     if not isinstance(thread, threading.Thread):
         raise TypeError('opt_out() expects a threading.Thread, got %r' % (thread,))
-    if type(thread.run) is not _RunInContext:
-        # Bound to the empty context: start() sees it wrapped and leaves it be.
-        thread.run = _RunInContext(_EMPTY, thread.run)
+    if type(thread.run) is not _CallInContext:
+        # Bound to the empty context: start() sees it bound and leaves it be.
+        thread.run = _CallInContext(_EMPTY, thread.run, once=True)
     return thread
 
 
-class _RunInContext(object):
-    """A thread's ``run``, bound to the context its ``start()`` captured.
+def start_in_context(thread, start=None):
+    """Start ``thread`` so that its ``run()`` runs in the caller's task context.
 
-    :func:`opt_out` binds it to the empty context ahead of ``start()``.  To a
-    wrapper that comes after us it behaves like the bound method it replaces:
-    Sentry calls ``thread.run.__func__(thread)``.
+    ``start``: the thread's real start, bound; by default the one after ours
+    in the thread's class (``TaskThread`` and ``TaskTimer`` use this function
+    as their ``start``; ``install()`` passes the start it wraps).  Does nothing
+    extra outside a task, and for a thread whose run is already bound (opted
+    out, or started twice: then ``start()`` raises as the stdlib does).
     """
-
-    __slots__ = ('context', 'run')
-
-    def __init__(self, context, run):
-        self.context = context
-        self.run = run
-
-    def __call__(self):
-        context, run = self.context, self.run
-        # Like Thread.run dropping its target: keep no task or request alive.
-        self.context = self.run = None
-        if run is not None:
-            # Whatever wrappers around us set (Sentry's forked scopes) stays set.
-            return context._call(run, (), {}, True)
-
-    @property
-    def __func__(self):
-        return self._called_with_thread
-
-    def _called_with_thread(self, thread, *args, **kwargs):
-        return self()
-
-
-def _start_in_context(thread, start):
-    """Call ``start()`` so that ``thread.run()`` runs in the caller's task context.
-
-    ``start`` is the thread's real start (bound).  Does nothing extra outside a
-    task, for an opted-out thread, for a pool's own threads, and for a thread
-    already wrapped (then ``start()`` raises as the stdlib does when started twice).
-    """
+    if start is None:
+        start = super(thread._starts_after, thread).start
     context = capture()  # first: outside a task nothing else is looked at
     if context is _EMPTY:
         return start()
     run = thread.run
-    if type(run) is _RunInContext or _inside_pool.active:
+    if type(run) is _CallInContext:
         return start()
-    thread.run = _RunInContext(context, run)
+    thread.run = _CallInContext(context, run, once=True, keep_outer=True)
     try:
         return start()
     except BaseException:  # it never started: leave the thread as it was
-        if type(thread.run) is _RunInContext:
+        if type(thread.run) is _CallInContext:
             del thread.run
             if not _same_binding(thread.run, run):  # it had a run of its own on the instance
                 thread.run = run
@@ -116,19 +78,24 @@ def _same_binding(method, other):
     return same_self and getattr(method, '__func__', method) is getattr(other, '__func__', other)
 
 
-class _StartsInTaskContext(object):
-    def start(self):
-        return _start_in_context(self, super(_StartsInTaskContext, self).start)
-
-
-class TaskThread(_StartsInTaskContext, threading.Thread):
+class TaskThread(threading.Thread):
     """A drop-in :class:`threading.Thread` that runs in its starter's task context."""
 
+    start = start_in_context
 
-class TaskTimer(_StartsInTaskContext, TimerBase):
+
+TaskThread._starts_after = TaskThread
+
+
+class TaskTimer(TimerBase):
     """A drop-in :class:`threading.Timer` that fires in its starter's task context.
 
     ::
 
         cct.TaskTimer(5.0, self.update_state, kwargs={'state': 'SLOW'}).start()
     """
+
+    start = start_in_context
+
+
+TaskTimer._starts_after = TaskTimer

@@ -58,6 +58,11 @@ def _install_if_requested(sender=None, **kwargs):
         install()
 
 
-_from_environment()  # at import: a typo stops the worker here, with this error
-worker_init.connect(_install_if_requested, weak=False, dispatch_uid=__name__ + '.worker_init')
-worker_process_init.connect(_install_if_requested, weak=False, dispatch_uid=__name__ + '.process')
+def connect():
+    """Check the environment variable, and connect the switch to the worker's
+    signals; idempotent (``celery_ctxthread`` calls it when imported)."""
+    _from_environment()  # a typo stops the worker here, with this error
+    worker_init.connect(_install_if_requested, weak=False, dispatch_uid=__name__ + '.worker_init')
+    worker_process_init.connect(
+        _install_if_requested, weak=False, dispatch_uid=__name__ + '.process'
+    )

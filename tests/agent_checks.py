@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from celery.signals import worker_process_init
 
-from celery_ctxthread.context import TaskContext
+from celery_ctxthread.context import _CallInContext
 from tests.test_docs_examples import load
 
 TIMEOUT = 10.0
@@ -61,13 +61,13 @@ def dead_port():
 def carried_task(thread):
     """The id of the task whose context ``thread`` runs in, or None.
 
-    A thread that runs in a captured context has ``TaskContext._call`` on its
+    A thread that runs in a captured context has ``_CallInContext.__call__`` on its
     stack for as long as its target runs.
     """
     frame = sys._current_frames().get(thread.ident)
     while frame is not None:
-        if frame.f_code is TaskContext._call.__code__:
-            return frame.f_locals['self'].task_id
+        if frame.f_code is _CallInContext.__call__.__code__:
+            return frame.f_locals['context'].task_id
         frame = frame.f_back
     return None
 

@@ -458,7 +458,7 @@ def submit_wrapped_by_others():
     wrappers of others run around ours (and what they set stays on top)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from celery_ctxthread.futures import _wrapped_by_others
+    from celery_ctxthread._install_state import wrapped_by_others as _wrapped_by_others
 
     pool = ThreadPoolExecutor(1)  # starts no thread until a job comes
     try:

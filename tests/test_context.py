@@ -12,7 +12,7 @@ import pytest
 from celery import _state
 
 import celery_ctxthread as cct
-from celery_ctxthread import _stacks
+from celery_ctxthread import _celery
 from tests.tasks_inprocess import (
     app,
     captured_on_top,
@@ -160,7 +160,7 @@ def test_consecutive_captures_share_one_snapshot_while_nothing_changes():
     shared = not os.environ.get('USE_FAST_LOCALS')
     with running(probe, 'abc'):
         first = cct.capture()
-        assert (cct.capture()._celery is first._celery) is shared
+        assert (cct.capture()._tasks is first._tasks) is shared
         with running(other, 'inner'):
             inner = cct.capture()
             assert (inner.task, inner.task_id) == (other, 'inner')
@@ -262,13 +262,17 @@ class PublicOnlyStack(object):
 
 def test_unknown_stack_flavours_get_the_public_api_and_are_restored():
     stack = PublicOnlyStack()
-    step = _stacks.plan([(stack, ('b', 'c'))])
-    assert type(step) is _stacks._PublicApiStacks
+    pusher = _celery.pusher_for([(stack, ('b', 'c'))])
+    assert type(pusher) is _celery._PublicApiPusher
     stack.push('a')
-    token = step.push()
-    assert tuple(stack.stack) == ('a', 'b', 'c')
-    del stack.stack[:]  # the target popped below us
-    step.restore(token)
+    seen = []
+
+    def target():
+        seen.append(tuple(stack.stack))
+        del stack.stack[:]  # the target popped below us
+
+    pusher.call(target, (), {})
+    assert seen == [('a', 'b', 'c')]
     assert tuple(stack.stack) == ('a',)
 
 
@@ -294,9 +298,11 @@ def test_a_push_that_fails_half_way_is_undone():
 
 def test_the_default_flavour_is_detected():
     expected = (
-        _stacks._ListStacks if os.environ.get('USE_FAST_LOCALS') else _stacks._IdentDictStacks
+        _celery._FastLocalStackPusher
+        if os.environ.get('USE_FAST_LOCALS')
+        else _celery._LocalStackPusher
     )
-    assert type(_stacks.plan([(_state._task_stack, ())])) is expected
+    assert type(_celery.pusher_for([(_state._task_stack, ())])) is expected
 
 
 @pytest.mark.skipif(bool(os.environ.get('USE_FAST_LOCALS')), reason='this is the re-run itself')

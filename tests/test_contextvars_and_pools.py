@@ -30,7 +30,7 @@ TIMEOUT = 10
 
 def wrapped_threads(threads):
     """The threads whose run is our wrapper: they would run in a captured context."""
-    return [t for t in threads if type(t.__dict__.get('run')).__name__ == '_RunInContext']
+    return [t for t in threads if type(t.__dict__.get('run')).__name__ == '_CallInContext']
 
 
 # --------------------------------------------------- contextvars by identity

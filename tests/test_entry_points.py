@@ -90,7 +90,7 @@ def test_a_finished_thread_keeps_no_task_alive():
     with running(probe, 'abc'):
         thread = started(cct.TaskThread(target=Recorder()))
     wrapper = thread.__dict__['run']
-    assert wrapper.context is None and wrapper.run is None
+    assert wrapper.context is None and wrapper.fn is None
 
 
 def test_non_callable_target_fails_in_run_like_the_stdlib():

@@ -342,23 +342,26 @@ def test_the_final_store_waits_for_an_update_in_flight_and_lands_last(monkeypatc
     held = HeldStore(monkeypatch)
     straggler = Straggler(during=False)
     straggler.go.set()  # update at once: twice, the first held in the store
-    box = {}
-    tracing = threading.Thread(
-        target=lambda: box.setdefault('id', traced(updates_in_flight, straggler))
-    )
-    tracing.start()
-    assert held.entered.wait(WAIT), 'the update never reached the store'
-    tracing.join(0.5)
-    assert tracing.is_alive(), 'the final store did not wait for the update in flight'
-    assert 'SUCCESS' not in held.calls
-    held.released.set()
-    tracing.join(WAIT)
-    assert not tracing.is_alive()
+    seen = {}
+
+    def release_later():
+        seen['entered'] = held.entered.wait(WAIT)
+        time.sleep(0.5)  # the task has returned by now, and waits to store SUCCESS
+        seen['success_before_release'] = 'SUCCESS' in held.calls
+        held.released.set()
+
+    releaser = threading.Thread(target=release_later)
+    releaser.start()
+    # In this thread, as the other tests: with USE_FAST_LOCALS Celery's tracer
+    # pushes onto the stacks of the thread that built it.
+    task_id = traced(updates_in_flight, straggler)
+    releaser.join(WAIT)
+    assert seen == {'entered': True, 'success_before_release': False}, seen
     assert straggler.done.wait(WAIT) and straggler.errors == []
     # The held update first, the final state last: the straggler's second update
     # is stored before it (if it took the lock first) or dropped, never after.
     assert held.calls in (['PROGRESS', 'SUCCESS'], ['PROGRESS', 'PROGRESS', 'SUCCESS']), held.calls
-    assert stored(box['id'])['status'] == 'SUCCESS'
+    assert stored(task_id)['status'] == 'SUCCESS'
 
 
 def test_the_final_store_never_waits_for_a_thread_that_is_merely_alive(warnings_logged):

@@ -13,7 +13,7 @@ import pytest
 from celery import Task, _state
 
 import celery_ctxthread as cct
-from celery_ctxthread._compat import TimerBase
+from celery_ctxthread._stdlib import TimerBase
 from tests.servers import wait_until
 from tests.tasks_inprocess import (
     app,

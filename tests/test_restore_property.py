@@ -34,7 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import celery_ctxthread as cct
-from celery_ctxthread import _stacks
+from celery_ctxthread import _celery
+from celery_ctxthread.context import _CallInContext
 from tests.tasks_inprocess import app, in_thread, other, probe, run_bounded, running
 
 try:
@@ -147,7 +148,7 @@ class Snapshot(object):
         if self.wrapped is not None:
             return self.wrapped(fn)
         if via == 'call':
-            return self.context._call(fn, (), {})
+            return _CallInContext(self.context, fn)()  # as every entry point runs it
         return self.context.run(fn)
 
 
@@ -540,5 +541,5 @@ def test_the_property_holds_with_use_fast_locals():
 
 def test_the_stack_flavour_follows_use_fast_locals():
     fast = bool(os.environ.get('USE_FAST_LOCALS'))
-    expected = _stacks._ListStacks if fast else _stacks._IdentDictStacks
-    assert type(_stacks.plan([(_state._task_stack, ())])) is expected
+    expected = _celery._FastLocalStackPusher if fast else _celery._LocalStackPusher
+    assert type(_celery.pusher_for([(_state._task_stack, ())])) is expected

@@ -1,0 +1,237 @@
+r"""Everything that reads or changes Celery's private state: the one module to
+check and edit when a Celery release moves it (then add its grid cell).
+
+Celery 4.3 to 5.7 keep a thread's context in these places:
+
+- ``celery._state._task_stack`` and each task's ``request_stack``, both a
+  ``celery.utils.threads.LocalStack``: ``_LocalStack`` (the default,
+  ``{ident: {'stack': [...]}}`` in a ``Local``, whose public ``push``/``pop``
+  raise and catch ``AttributeError`` on a thread with no entry: about 3 us a
+  pair) or ``_FastLocalStack`` (a ``threading.local`` whose ``push``/``pop``
+  are bound to its list), chosen at import by ``USE_FAST_LOCALS``;
+- ``celery._state._tls.current_app``;
+- ``app._local.backend`` (Celery 5): one result backend per thread.
+
+and store a task's final state through the backend's ``mark_as_done``,
+``mark_as_failure`` and ``mark_as_revoked``, which the guard wraps.
+
+:func:`pusher_for` turns ``(stack, items)`` pairs into the object a snapshot
+runs its target under::
+
+    pusher = pusher_for([(TASK_STACK, tasks), (task.request_stack, requests)])
+    pusher.call(fn, args, kwargs)   # the stacks end with the items while fn runs,
+                                    # and are exactly what they were afterwards
+"""
+
+from celery import _state
+from celery.backends.base import BaseBackend
+from celery.utils import threads as _celery_threads
+
+from celery_ctxthread import _patching
+
+_LocalStack = getattr(_celery_threads, '_LocalStack', None)
+_FastLocalStack = getattr(_celery_threads, '_FastLocalStack', None)
+TASK_STACK = _state._task_stack
+_TASK_LOCAL = TASK_STACK._local if type(TASK_STACK) is _LocalStack else None
+#: The thread's current app lives in ``APP_LOCAL.current_app``.
+APP_LOCAL = _state._tls
+#: Where a thread's newest snapshot is kept: its entry in the task stack (see ``read_tasks``).
+NEWEST_SNAPSHOT = 'celery_ctxthread.snapshot'
+
+
+def read_tasks():
+    """``(tasks, top_requests, thread_entry)`` of the current thread, read without raising.
+
+    ``tasks``: the tasks, bottom first.  ``top_requests``: the request on top
+    of each one's ``request_stack`` (None: none).  ``thread_entry``: a dict
+    that lives exactly as long as the thread's tasks do (its entry in the
+    default flavour's task stack, which Celery deletes with the last task),
+    or None: the snapshot cache.
+    """
+    if _TASK_LOCAL is None:
+        tasks, thread_entry, ident_func = tuple(TASK_STACK.stack), None, None
+    else:
+        ident_func = _TASK_LOCAL.__ident_func__
+        ident = ident_func()
+        thread_entry = _TASK_LOCAL.__storage__.get(ident)
+        tasks = tuple(thread_entry.get('stack') or ()) if thread_entry else ()
+    if not tasks:  # outside any task: what everybody else in the process pays
+        return (), (), None
+    top_requests = ()
+    for task in tasks:
+        try:
+            stack = task.request_stack
+        except AttributeError:  # an unbound task class
+            stack = None
+        if type(stack) is _LocalStack:
+            local = stack._local
+            if local.__ident_func__ is not ident_func:  # never, with Celery's locals
+                ident_func, ident = local.__ident_func__, local.__ident_func__()
+            entry = local.__storage__.get(ident)
+            requests = entry.get('stack') if entry else None
+        else:
+            requests = stack.stack if stack is not None else None
+        top_requests += (requests[-1] if requests else None,)  # usually one task: no list
+    return tasks, top_requests, thread_entry
+
+
+class _LocalStackPusher(object):
+    """Pushes onto ``_LocalStack``\\ s: replaces the thread's entry in each with
+    one holding the longer list, then puts the saved entry back (or deletes the
+    new one): whatever the target did in between goes with it.
+    ``_LocalStack`` looks its entry up on every call, so nobody holds the old one."""
+
+    __slots__ = ('ident_func', 'parts')
+
+    def __init__(self, ident_func, parts):
+        self.ident_func = ident_func  # Celery's locals all share one
+        self.parts = parts  # ((storage, items as a list), ...)
+
+    def call(self, fn, args, kwargs):
+        ident = self.ident_func()
+        saved = []
+        try:
+            for storage, items in self.parts:
+                entry = storage.get(ident)
+                saved.append((storage, entry))
+                if items:  # pushing nothing must not create an entry: pop() differs
+                    # A new list each time: runs in several threads share `items`.
+                    new_stack = (entry.get('stack') or []) + items if entry else items[:]
+                    storage[ident] = {'stack': new_stack}
+            return fn(*args, **kwargs)
+        finally:
+            for storage, entry in saved:
+                if entry is None:  # the thread had no entry: release it, as pop() would
+                    storage.pop(ident, None)
+                else:
+                    storage[ident] = entry
+            # Let go of all it holds: see _released.
+            self = fn = args = kwargs = saved = storage = entry = items = new_stack = None
+
+
+class _FastLocalStackPusher(object):
+    """Pushes onto ``_FastLocalStack``\\ s, whose ``push``/``pop`` are bound to
+    the list: edit it in place."""
+
+    __slots__ = ('parts',)
+
+    def __init__(self, parts):
+        self.parts = parts  # ((stack, items), ...)
+
+    def call(self, fn, args, kwargs):
+        saved = []
+        try:
+            for stack, items in self.parts:
+                live = stack.stack
+                saved.append((live, live[:]))
+                live.extend(items)
+            return fn(*args, **kwargs)
+        finally:
+            for live, items in saved:
+                live[:] = items
+            self = fn = args = kwargs = saved = live = items = None  # see _released
+
+
+class _PublicApiPusher(object):
+    """Any other mix of stacks: read ``.stack``, push and pop through the public API."""
+
+    __slots__ = ('parts',)
+
+    def __init__(self, parts):
+        self.parts = parts  # ((stack, items), ...)
+
+    def call(self, fn, args, kwargs):
+        saved = []
+        try:
+            for stack, items in self.parts:
+                saved.append((stack, tuple(stack.stack)))
+                for item in items:
+                    stack.push(item)
+            return fn(*args, **kwargs)
+        finally:
+            for stack, items in saved:
+                for _ in range(len(stack) - len(items)):
+                    stack.pop()
+                for item in items[len(stack) :]:  # the target popped some of ours
+                    stack.push(item)
+            self = fn = args = kwargs = saved = stack = items = item = None  # see _released
+
+
+# _released: a failed job's traceback keeps the frames of ``call`` (the stdlib's
+# executor keeps it with the future), and a pusher holds the task's requests:
+# each ``call`` lets go of all it holds before it returns or raises.
+
+
+def pusher_for(pairs):
+    """The one pusher that pushes each ``(stack, items)`` pair's items."""
+    ident_funcs, by_entry, fast, public = set(), [], 0, []
+    for stack, items in pairs:
+        if type(stack) is _LocalStack:
+            ident_funcs.add(stack._local.__ident_func__)
+            by_entry.append((stack._local.__storage__, list(items)))
+        fast += type(stack) is _FastLocalStack
+        public.append((stack, tuple(items)))
+    if len(by_entry) == len(pairs) and len(ident_funcs) == 1:  # Celery's locals share one
+        return _LocalStackPusher(ident_funcs.pop(), tuple(by_entry))
+    return (_FastLocalStackPusher if fast == len(pairs) else _PublicApiPusher)(tuple(public))
+
+
+def task_backend_seat(app):
+    """``(app._local, backend)``: the result backend the calling thread uses for
+    ``app``, and where Celery keeps it per thread; None where there is nothing
+    to share.
+
+    Celery 5 gives every thread that touches ``app.backend`` a backend of its
+    own (unless :setting:`result_backend_thread_safe`), and a Redis or SQL
+    backend's connection outlives a dead thread until the cyclic collector
+    frees it.  A task's threads borrow their task's instead: stores through it
+    are thread-safe (a Redis client's pool, the rpc producer pool, an SQL
+    session per store), and the guard serialises the stores of one task.
+    Celery 4 (one backend per app) and thread-safe backends share already.
+    Built here, in the task's thread, if the task has not used it yet: the
+    task stores its final state with it.
+    """
+    local = getattr(app, '_local', None)
+    if local is None:  # Celery 4
+        return None
+    backend = getattr(local, 'backend', None)
+    if backend is None and getattr(app, '_backend_cache', None) is None:
+        try:
+            backend = app.backend
+        except Exception:  # a backend that cannot be built: let the thread fail as it would
+            return None
+    if backend is None or getattr(local, 'backend', None) is not backend:
+        return None  # result_backend_thread_safe: Celery shares it itself
+    return local, backend
+
+
+# ------------------------------------------------ where a final state is stored
+
+#: The backend methods Celery's tracer stores a final state with, called with the task's request.
+FINAL_STORES = ('mark_as_done', 'mark_as_failure', 'mark_as_revoked')
+
+
+def final_store_owner(name):
+    """The class that defines backend method ``name`` (``Backend``, inherited by every backend)."""
+    return _patching.defining_class(BaseBackend, name)
+
+
+def final_store_reader(store):
+    """``read(args, kwargs) -> (request, stores)`` for ``store(self, task_id, *args, **kwargs)``.
+
+    Positions are read from the signature, Celery 4.3 to 5.7 alike.  ``stores``
+    is False where the call stores nothing: ``store_result=False``, or (Celery
+    5) ``mark_as_done`` for a request with ``ignore_result``.
+    """
+    request_at = _patching.argument_position(store, 'request') - 1
+    store_at = _patching.argument_position(store, 'store_result') - 1
+    checks_ignore_result = store.__name__ == 'mark_as_done'
+
+    def read(args, kwargs):
+        request = kwargs.get('request', args[request_at] if len(args) > request_at else None)
+        stores = kwargs.get('store_result', args[store_at] if len(args) > store_at else True)
+        if checks_ignore_result and getattr(request, 'ignore_result', False):
+            stores = False
+        return request, stores
+
+    return read

@@ -1,0 +1,47 @@
+"""Everything that relies on the standard library's private names: the one
+module to check when a Python release moves them.
+
+- Python 2.7's ``threading.Timer`` is a factory function; the class is the
+  private ``threading._Timer``.
+- ``ThreadPoolExecutor.submit``: the stdlib's own, even when someone wrapped it
+  before we were imported (found through ``__wrapped__``).
+- ``multiprocessing.pool.Pool``: ``map()``, ``starmap()`` and their ``_async``
+  forms all go through the private ``_map_async`` (3.x; ``map_async`` on 2.7).
+- ``multiprocessing.queues.Queue._start_thread`` starts a queue's feeder thread.
+"""
+
+import concurrent.futures
+import multiprocessing.pool
+import multiprocessing.queues
+import sys
+import threading
+
+TimerBase = threading.Timer if isinstance(threading.Timer, type) else threading._Timer
+
+# Python 3's ThreadPoolExecutor drops a failed job's work item from the
+# traceback it keeps with the future; Python 2.7's futures backport does not.
+RELEASES_WORK_ITEMS = sys.version_info[0] >= 3
+
+
+def _unwrapped(function):
+    while hasattr(function, '__wrapped__'):  # through Sentry's, OpenTelemetry's, ours
+        function = function.__wrapped__
+    return function
+
+
+STDLIB_SUBMIT = _unwrapped(concurrent.futures.ThreadPoolExecutor.__dict__['submit'])
+
+ThreadPool = multiprocessing.pool.ThreadPool
+#: The ``Pool`` methods whose first argument is a job (``apply()`` goes through ``apply_async()``).
+POOL_JOB_METHODS = (
+    'apply_async',
+    '_map_async' if hasattr(multiprocessing.pool.Pool, '_map_async') else 'map_async',
+    'imap',
+    'imap_unordered',
+)
+#: ``(class, method)``: where the stdlib's pools start their own long-lived threads.
+POOL_THREAD_STARTERS = (
+    (ThreadPool, '__init__'),
+    (concurrent.futures.ProcessPoolExecutor, 'submit'),
+    (multiprocessing.queues.Queue, '_start_thread'),
+)
