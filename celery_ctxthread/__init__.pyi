@@ -1,3 +1,5 @@
+from celery_ctxthread import guard as guard
+from celery_ctxthread import worker as worker
 from celery_ctxthread.context import TaskContext as TaskContext
 from celery_ctxthread.context import capture as capture
 from celery_ctxthread.context import wrap as wrap

@@ -194,13 +194,13 @@ def task_backend_seat(app):
     local = getattr(app, '_local', None)
     if local is None:  # Celery 4
         return None
-    backend = getattr(local, 'backend', None)
+    backend = local.__dict__.get('backend')  # this thread's
     if backend is None and getattr(app, '_backend_cache', None) is None:
         try:
             backend = app.backend
         except Exception:  # a backend that cannot be built: let the thread fail as it would
             return None
-    if backend is None or getattr(local, 'backend', None) is not backend:
+    if backend is None or local.__dict__.get('backend') is not backend:
         return None  # result_backend_thread_safe: Celery shares it itself
     return local, backend
 

@@ -6,10 +6,8 @@ import celery
 
 try:  # Python 3.7+, or the backport on 3.6
     from contextvars import copy_context
-except ImportError:  # Python 2.7: nothing to propagate
-
-    def copy_context():
-        return None
+except ImportError:  # Python 2.7: nothing to propagate (callers check for None)
+    copy_context = None
 
 
 def split_fn(args, name):

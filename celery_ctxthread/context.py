@@ -37,7 +37,7 @@ _APP_LOCAL = _celery.APP_LOCAL
 
 #: Called with each request whose task's context a snapshot captures first
 #: (the late-update guard's ``watch``, while it is set up).
-capture_hooks = []
+_capture_hooks = []
 
 
 class TaskContext(object):
@@ -140,22 +140,25 @@ class _CallInContext(object):
                     return pusher.call(fn, args, kwargs)
                 finally:
                     _APP_LOCAL.current_app = previous_app
+            # This thread's attributes of app._local: read through the dict, a
+            # missing attribute would raise and catch (about 5,000 instructions).
             backend_local, backend = seat
-            previous_backend = getattr(backend_local, 'backend', None)
-            backend_local.backend = backend
+            thread_attributes = backend_local.__dict__
+            previous_backend = thread_attributes.get('backend')
+            thread_attributes['backend'] = backend
             try:
                 return pusher.call(fn, args, kwargs)
             finally:
                 if previous_backend is None:  # the thread had none: it is left with none
-                    backend_local.__dict__.pop('backend', None)
+                    thread_attributes.pop('backend', None)
                 else:
-                    backend_local.backend = previous_backend
+                    thread_attributes['backend'] = previous_backend
                 _APP_LOCAL.current_app = previous_app
         finally:
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.
             self = context = tasks = contextvars = pusher = fn = args = kwargs = None
-            more_args = more_kwargs = seat = backend = previous_backend = None
+            more_args = more_kwargs = seat = backend = previous_backend = thread_attributes = None
 
     @property
     def __func__(self):
@@ -187,7 +190,7 @@ class _CapturedTasks(object):
         self.backend_seat = _backend_seat(self.task) if tasks else None
         for request in top_requests:
             if request is not None:
-                for hook in capture_hooks:
+                for hook in _capture_hooks:
                     hook(request)
 
 
@@ -224,7 +227,7 @@ def capture():
     tasks, top_requests, thread_entry = _celery.read_tasks()
     if not tasks:
         return _EMPTY
-    contextvars = copy_context()
+    contextvars = copy_context() if copy_context is not None else None
     # The thread's newest snapshot is kept in its entry, which Celery deletes
     # with the last task: a loop of start()s or submit()s in a task builds the
     # pushes once, and nothing outlives the task.

@@ -24,7 +24,7 @@ from celery_ctxthread.context import _EMPTY, _CallInContext, capture
 from celery_ctxthread.threads import TaskThread
 
 
-def submit_in_context(submit, args, kwargs):
+def _submit_in_context(submit, args, kwargs):
     """Call ``submit(fn, *rest, **kwargs)`` with ``fn`` bound to the caller's context.
 
     ``submit`` is bound to the executor, ``args`` is ``(fn, *rest)``: ``fn``
@@ -60,7 +60,7 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
         self, args = split_fn(args, 'submit')
-        return submit_in_context(super(TaskThreadPoolExecutor, self).submit, args, kwargs)
+        return _submit_in_context(super(TaskThreadPoolExecutor, self).submit, args, kwargs)
 
     submit.__doc__ = ThreadPoolExecutor.submit.__doc__
 

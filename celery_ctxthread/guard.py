@@ -37,7 +37,7 @@ What it cannot stop: a direct ``backend.store_result(...)``, which goes around
 :func:`set_up` puts the wrappers in place and :func:`tear_down` takes them
 out; ``celery_ctxthread`` sets the guard up when it is imported (its
 docstring says why).  The guard hooks into the core
-(:data:`celery_ctxthread.context.capture_hooks`), never the other way round.
+(``celery_ctxthread.context._capture_hooks``), never the other way round.
 For a task whose context was never captured each wrapper only looks its
 request up and passes the call through.
 """
@@ -113,7 +113,7 @@ def set_up():
             patch.apply()
             _applied.append(patch)
         task_postrun.connect(_mark_ended, weak=False, dispatch_uid=__name__)
-        context.capture_hooks.append(watch)
+        context._capture_hooks.append(watch)
 
 
 def tear_down():
@@ -122,7 +122,7 @@ def tear_down():
     with _patching.lock:
         if not _applied:
             return
-        context.capture_hooks.remove(watch)
+        context._capture_hooks.remove(watch)
         task_postrun.disconnect(_mark_ended, dispatch_uid=__name__)
         for patch in reversed(_applied):
             patch.restore()

@@ -44,8 +44,8 @@ from celery_ctxthread._install_state import (
 )
 from celery_ctxthread._patching import binder
 from celery_ctxthread.context import _EMPTY, _CallInContext, capture
-from celery_ctxthread.futures import submit_in_context
-from celery_ctxthread.threads import start_in_context
+from celery_ctxthread.futures import _submit_in_context
+from celery_ctxthread.threads import _start_in_context
 
 _logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _propagating_start(original):
     def start(self):
         if not state.enabled or inside_pool_code():  # off, or a pool starting its own
             return bind(self)()
-        return start_in_context(self, bind(self))
+        return _start_in_context(self, bind(self))
 
     return start
 
@@ -73,7 +73,7 @@ def _propagating_submit(original):
         method = bind(self)
         if not state.enabled or inside_pool_code():  # off, or a job our executor wrapped
             return method(*args, **kwargs)
-        return submit_in_context(method, args, kwargs)
+        return _submit_in_context(method, args, kwargs)
 
     register_passing_submit(submit)
     return submit

@@ -40,15 +40,17 @@ def opt_out(thread):
     return thread
 
 
-def start_in_context(thread, start=None):
-    """Start ``thread`` so that its ``run()`` runs in the caller's task context.
+def _start_in_context(self, _original_start=None):
+    """Start thread ``self`` so that its ``run()`` runs in the caller's task context.
 
-    ``start``: the thread's real start, bound; by default the one after ours
-    in the thread's class (``TaskThread`` and ``TaskTimer`` use this function
-    as their ``start``; ``install()`` passes the start it wraps).  Does nothing
-    extra outside a task, and for a thread whose run is already bound (opted
-    out, or started twice: then ``start()`` raises as the stdlib does).
+    ``TaskThread`` and ``TaskTimer`` use this function itself as their
+    ``start()`` (one call less on every start), which then calls the start
+    that follows theirs in the class's MRO; ``install()`` passes the start it
+    wraps, bound, as ``_original_start``.  Does nothing extra outside a task,
+    and for a thread whose run is already bound (opted out, or started twice:
+    then ``start()`` raises as the stdlib does).
     """
+    thread, start = self, _original_start
     if start is None:
         start = super(thread._starts_after, thread).start
     context = capture()  # first: outside a task nothing else is looked at
@@ -81,7 +83,7 @@ def _same_binding(method, other):
 class TaskThread(threading.Thread):
     """A drop-in :class:`threading.Thread` that runs in its starter's task context."""
 
-    start = start_in_context
+    start = _start_in_context
 
 
 TaskThread._starts_after = TaskThread
@@ -95,7 +97,7 @@ class TaskTimer(TimerBase):
         cct.TaskTimer(5.0, self.update_state, kwargs={'state': 'SLOW'}).start()
     """
 
-    start = start_in_context
+    start = _start_in_context
 
 
 TaskTimer._starts_after = TaskTimer

@@ -2,6 +2,8 @@
 
 from __future__ import absolute_import
 
+import os
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -227,3 +229,34 @@ def test_task_thread_under_install_is_wrapped_once(uninstalled):
     with running(probe, 'abc'):
         started(cct.TaskThread(target=lambda: depths.append(len(_state._task_stack.stack))))
     assert depths == [1]
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get('USE_FAST_LOCALS')),
+    reason='USE_FAST_LOCALS: no per-thread task entry to keep a snapshot in, never warm',
+)
+def test_a_warm_thread_start_and_join_runs_at_most_six_library_functions():
+    """One seam: a TaskThread's start (its capture, a snapshot already built)
+    and its run go through at most six functions of the package, both threads
+    counted."""
+    package = os.path.dirname(os.path.abspath(cct.__file__))
+    called = set()
+
+    def profile(frame, event, arg):
+        if event == 'call' and frame.f_code.co_filename.startswith(package):
+            called.add((frame.f_code.co_filename, frame.f_code.co_name))
+
+    with running(probe, 'abc'):
+        started(cct.TaskThread(target=Recorder()))  # warm: the snapshot is built
+        threading.setprofile(profile)
+        sys.setprofile(profile)
+        try:
+            thread = cct.TaskThread(target=Recorder())
+            thread.start()
+            thread.join(10)
+        finally:
+            sys.setprofile(None)
+            threading.setprofile(None)
+    names = sorted(name for _, name in called)
+    assert len(called) <= 6, names
+    assert '__call__' in names  # the seam ran the target
