@@ -13,7 +13,7 @@ from celery import _state
 
 import celery_ctxthread as cct
 from celery_ctxthread import _stacks
-from tests.tasks_inprocess import (
+from tests.helpers.tasks_inprocess import (
     app,
     captured_on_top,
     in_thread,

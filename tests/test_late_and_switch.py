@@ -30,8 +30,14 @@ from celery.signals import before_task_publish, task_failure, task_success
 import celery_ctxthread as cct
 from celery_ctxthread import worker
 from tests.conftest import REPO_DIR, WORKER_APP, _python_path
-from tests.servers import CeleryWorker, ServerError, wait_until
-from tests.tasks_inprocess import in_thread, probe, retry_in_a_task_thread, run_bounded, running
+from tests.helpers.servers import CeleryWorker, ServerError, wait_until
+from tests.helpers.tasks_inprocess import (
+    in_thread,
+    probe,
+    retry_in_a_task_thread,
+    run_bounded,
+    running,
+)
 
 WAIT = 10
 LATE_LOGGER = 'celery_ctxthread.guard'

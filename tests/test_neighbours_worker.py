@@ -1,5 +1,5 @@
 """Real workers (prefork and threads, Redis) that set up Sentry, OpenTelemetry and
-``install()`` in a given order when they import their tasks (tests/neighbours_tasks.py).
+``install()`` in a given order when they import their tasks (tests/helpers/neighbours_tasks.py).
 
 With OpenTelemetry's Celery instrumentation the task runs in its ``run/<name>``
 span: a span started in the task's threads must have it as parent.  Progress
@@ -12,8 +12,8 @@ from __future__ import absolute_import
 
 import pytest
 
-from tests import neighbours
 from tests.conftest import POOLS, _worker
+from tests.helpers import neighbours
 from tests.test_integration import (
     ACK_TIMEOUT,
     RESULT_TIMEOUT,

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 import celery_ctxthread as cct
 from celery_ctxthread import _stacks
-from tests.tasks_inprocess import app, in_thread, other, probe, run_bounded, running
+from tests.helpers.tasks_inprocess import app, in_thread, other, probe, run_bounded, running
 
 try:
     import contextvars
