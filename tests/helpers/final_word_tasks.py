@@ -1,4 +1,4 @@
-"""Tasks for tests/test_final_word.py: the final state is the last word, and a
+"""Tasks for tests/integration/test_final_word.py: the final state is the last word, and a
 task's threads leave no result backend and no connection behind.
 
 Registered on the integration app (``tests.helpers.integration_tasks`` imports this

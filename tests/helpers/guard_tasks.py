@@ -1,4 +1,4 @@
-"""Tasks for the late-update guard on real workers (tests/test_guard.py).
+"""Tasks for the late-update guard on real workers (tests/integration/test_guard.py).
 
 Registered on the integration app: ``tests.helpers.integration_tasks`` imports this
 module at its bottom, so every worker the fixtures start knows these tasks.

@@ -1,7 +1,7 @@
 """Sentry's and OpenTelemetry's threading patches beside install(), in one process.
 
 Both patch process-wide and Sentry cannot be undone, so
-``tests/test_docs_examples.py`` runs this module in a fresh interpreter for
+``tests/integration/test_docs_examples.py`` runs this module in a fresh interpreter for
 each order of setup, and reads the one JSON line it prints::
 
     python -m tests.helpers.neighbour_checks sentry init-first
@@ -18,7 +18,7 @@ from multiprocessing.pool import ThreadPool
 
 import celery_ctxthread as cct
 from tests.helpers.tasks_inprocess import observe, probe, running
-from tests.test_docs_examples import load
+from tests.integration.test_docs_examples import load
 
 TIMEOUT = 10
 

@@ -4,10 +4,10 @@ Used in two places, with the same checks:
 
 - ``python -m tests.helpers.neighbour_probe sentry,otel,install`` applies the order in
   a fresh interpreter (Sentry has no uninstall) and runs every entry point
-  inside a simulated task (tests/test_neighbours.py);
+  inside a simulated task (tests/integration/test_neighbours.py);
 - a worker started with ``CCT_WORKER_NEIGHBOURS=sentry,install,otel`` applies
   it when it imports its tasks (tests/helpers/neighbours_tasks.py), and its task runs
-  the same entry points (tests/test_neighbours_worker.py).
+  the same entry points (tests/integration/test_neighbours_worker.py).
 
 An order is a sequence of steps: ``sentry`` (``sentry_sdk.init()``), ``otel``
 (``ThreadingInstrumentor().instrument()``), ``ddtrace``

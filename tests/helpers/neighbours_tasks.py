@@ -1,4 +1,4 @@
-"""The worker side of the neighbour tests (tests/test_neighbours_worker.py).
+"""The worker side of the neighbour tests (tests/integration/test_neighbours_worker.py).
 
 Registered on the integration app: ``tests.helpers.integration_tasks`` imports this
 module at its bottom.  A worker started with ``CCT_WORKER_NEIGHBOURS`` (e.g.

@@ -1,4 +1,4 @@
-"""Tasks for the reliability tests (tests/test_reliability.py).
+"""Tasks for the reliability tests (tests/integration/test_reliability.py).
 
 Registered on the integration app: ``tests.helpers.integration_tasks`` imports this
 module at its bottom, so every worker the fixtures start knows these tasks.

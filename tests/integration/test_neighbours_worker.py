@@ -14,14 +14,14 @@ import pytest
 
 from tests.conftest import POOLS, _worker
 from tests.helpers import neighbours
-from tests.test_integration import (
+from tests.integration.test_integration import (
     ACK_TIMEOUT,
     RESULT_TIMEOUT,
     ProbeRun,
     assert_ids,
     assert_ran_in_other_thread,
 )
-from tests.test_neighbours import missing_neighbours
+from tests.integration.test_neighbours import missing_neighbours
 
 TASK = 'cct_itest.neighbours'
 # Sentry before install(), and install() before both; Sentry and OpenTelemetry both ways.

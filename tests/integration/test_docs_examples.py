@@ -27,11 +27,11 @@ from celery import _state
 from celery.signals import worker_init
 
 import celery_ctxthread as cct
-from tests.conftest import needs_contextvars
+from tests.conftest import REPO_DIR, needs_contextvars
 from tests.helpers.servers import wait_until
 from tests.helpers.tasks_inprocess import probe, run_bounded, running
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs')
+DOCS = os.path.join(REPO_DIR, 'docs')
 EXAMPLES = os.path.join(DOCS, 'examples')
 EAGER = {
     'broker_url': 'memory://',
@@ -429,7 +429,7 @@ NOT_RUN_AS_SHOWN = {
 # Lines of literal blocks that are not Python.
 NOT_PYTHON = (
     'CELERY_CTXTHREAD_INSTALL=1 celery',  # shell: test_worker_switch_environment_wins
-    'celery_ctxthread.guard: task ',  # log output: tests/test_late_and_switch.py
+    'celery_ctxthread.guard: task ',  # log output: tests/unit/test_late_and_switch.py
     'from thread ',
 )
 

@@ -15,7 +15,7 @@ On real workers (tasks in tests/helpers/final_word_tasks.py); every wait is boun
 Default sizes keep a cell's run short; full size, as the issue measured::
 
     CI=true CCT_FINAL_TASKS=1000 CCT_LEAK_TASKS=2400 python -m pytest \\
-        tests/test_final_word.py -s -q -p no:cacheprovider
+        tests/integration/test_final_word.py -s -q -p no:cacheprovider
 """
 
 from __future__ import absolute_import, print_function

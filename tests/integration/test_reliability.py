@@ -6,7 +6,7 @@ The load test runs at a reduced size by default (8 tasks x 4 threads x 20
 updates per worker, under half a minute for all four workers).  Full size::
 
     CI=true CCT_LOAD_TASKS=64 CCT_LOAD_THREADS=16 CCT_LOAD_UPDATES=100 \\
-        python -m pytest tests/test_reliability.py -k load -s -q -p no:cacheprovider
+        python -m pytest tests/integration/test_reliability.py -k load -s -q -p no:cacheprovider
 
 (``-s`` shows the figures each run prints: updates sent, wrong-task payloads,
 final states lost, wall time.)

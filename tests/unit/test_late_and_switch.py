@@ -6,7 +6,7 @@ and the task's hooks and ``task_success``/``task_failure`` receivers run after
 that store, in the task's own thread.  The tracers are built when this module
 is imported, before any test captures anything: a worker builds its tracers
 when it starts, before any task runs.  The same rules on real workers:
-tests/test_guard.py.
+tests/integration/test_guard.py.
 """
 
 from __future__ import absolute_import
