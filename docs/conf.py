@@ -49,7 +49,7 @@ intersphinx_mapping = {
 }
 
 # -- :test:`name` ------------------------------------------------------------
-# Names a test under tests/ that produces what the page claims.  The build
+# Names a test under tests/ (any subfolder) that produces what the page claims.  The build
 # fails (-W) when no test of that name exists, so a renamed test cannot leave
 # a page pointing at nothing.  A name in PENDING_TESTS is a test still to be
 # written: it renders with "(to be written)" and must be taken out of the set
@@ -58,11 +58,15 @@ PENDING_TESTS = set()
 
 
 def _test_files():
+    """(path under tests/, text) of every test module, in tests/unit/, tests/integration/..."""
     tests = os.path.join(REPO, 'tests')
-    for name in sorted(os.listdir(tests)):
-        if name.startswith('test_') and name.endswith('.py'):
-            with io.open(os.path.join(tests, name), encoding='utf-8') as handle:
-                yield name, handle.read()
+    for directory, subdirs, names in os.walk(tests):
+        subdirs.sort()
+        for name in sorted(names):
+            if name.startswith('test_') and name.endswith('.py'):
+                path = os.path.join(directory, name)
+                with io.open(path, encoding='utf-8') as handle:
+                    yield os.path.relpath(path, tests).replace(os.sep, '/'), handle.read()
 
 
 def _where(test_name):

@@ -16,7 +16,7 @@ import threading
 import celery
 import pytest
 
-from tests import servers
+from tests.helpers import servers
 
 try:
     import contextvars
@@ -30,7 +30,7 @@ needs_contextvars = pytest.mark.skipif(
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TESTS_DIR)
-WORKER_APP = 'tests.integration_tasks'
+WORKER_APP = 'tests.helpers.integration_tasks'
 
 
 def _importable(name):
@@ -253,9 +253,9 @@ def switched_worker(request, worker_registry):
 
 @pytest.fixture(scope='module')
 def eager_tasks(work_dir):
-    """tests.integration_tasks with ``task_always_eager`` and a SQLite backend."""
+    """tests.helpers.integration_tasks with ``task_always_eager`` and a SQLite backend."""
     require_module('sqlalchemy')
-    from tests import integration_tasks
+    from tests.helpers import integration_tasks
 
     conf = integration_tasks.app.conf
     saved = {

@@ -6,6 +6,14 @@ group: SIGTERM, a bounded wait, then SIGKILL.  :class:`CeleryWorker` is
 ``python -m celery -A <app> worker`` as one.  Every wait is bounded.  Used by
 ``python -m celery_ctxthread demo`` and by the test suite's fixtures; portable
 to Python 2.7, and nothing happens at import.
+
+The tests import this module on purpose (``tests/helpers/servers.py`` takes
+``ManagedProcess``, ``CeleryWorker``, ``StartError`` and ``wait_until`` from
+here): it is the one module the demo and the tests share.  The demo needs it
+installed with the package and the tests are not part of it, so it lives here;
+one copy means the process control the tests exercise on every cell is the
+demo's own, with no second copy to drift from it.  Keep it free of demo-only
+behaviour.
 """
 
 from __future__ import absolute_import

@@ -36,7 +36,8 @@ from hypothesis import strategies as st
 import celery_ctxthread as cct
 from celery_ctxthread import _celery
 from celery_ctxthread.context import _CallInContext
-from tests.tasks_inprocess import app, in_thread, other, probe, run_bounded, running
+from tests.conftest import REPO_DIR
+from tests.helpers.tasks_inprocess import app, in_thread, other, probe, run_bounded, running
 
 try:
     import contextvars
@@ -64,7 +65,7 @@ BOUNDED = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-# More for a deep local run: CCT_PROPERTY_EXAMPLES=5000 pytest tests/test_restore_property.py
+# More for a deep local run: CCT_PROPERTY_EXAMPLES=5000 pytest tests/unit/test_restore_property.py
 EXAMPLES = int(os.environ.get('CCT_PROPERTY_EXAMPLES') or 150)
 
 _ids = itertools.count()
@@ -534,7 +535,7 @@ def test_the_property_holds_with_use_fast_locals():
     this_file = os.path.join(here, 'test_restore_property.py')
     command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', this_file]
     env = dict(os.environ, USE_FAST_LOCALS='1')
-    returncode, output = run_bounded(command, timeout=120, cwd=os.path.dirname(here), env=env)
+    returncode, output = run_bounded(command, timeout=120, cwd=REPO_DIR, env=env)
     assert returncode == 0, output
     assert ' passed' in output and 'xfailed' in output
 

@@ -1,11 +1,11 @@
 """Sentry's and OpenTelemetry's threading patches beside install(), in one process.
 
 Both patch process-wide and Sentry cannot be undone, so
-``tests/test_docs_examples.py`` runs this module in a fresh interpreter for
+``tests/integration/test_docs_examples.py`` runs this module in a fresh interpreter for
 each order of setup, and reads the one JSON line it prints::
 
-    python -m tests.neighbour_checks sentry init-first
-    python -m tests.neighbour_checks otel install-first
+    python -m tests.helpers.neighbour_checks sentry init-first
+    python -m tests.helpers.neighbour_checks otel install-first
 """
 
 from __future__ import absolute_import, print_function
@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import ThreadPool
 
 import celery_ctxthread as cct
-from tests.tasks_inprocess import observe, probe, running
-from tests.test_docs_examples import load
+from tests.helpers.tasks_inprocess import observe, probe, running
+from tests.integration.test_docs_examples import load
 
 TIMEOUT = 10
 

@@ -1,6 +1,6 @@
-"""Tasks for the reliability tests (tests/test_reliability.py).
+"""Tasks for the reliability tests (tests/integration/test_reliability.py).
 
-Registered on the integration app: ``tests.integration_tasks`` imports this
+Registered on the integration app: ``tests.helpers.integration_tasks`` imports this
 module at its bottom, so every worker the fixtures start knows these tasks.
 Every wait here is bounded.  Python 2.7 compatible.
 """
@@ -12,7 +12,7 @@ import threading
 import time
 
 import celery_ctxthread as cct
-from tests.integration_tasks import (
+from tests.helpers.integration_tasks import (
     JOIN_TIMEOUT,
     app,
     seen_ids,

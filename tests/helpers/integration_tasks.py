@@ -1,6 +1,6 @@
 """Celery app and tasks for the integration tests.
 
-The test fixtures run ``celery -A tests.integration_tasks worker`` with the
+The test fixtures run ``celery -A tests.helpers.integration_tasks worker`` with the
 configuration in environment variables (``CCT_WORKER_*``, see
 ``configure_from_env``); the eager-mode tests import this module in-process
 and configure ``app`` themselves.  Task names are explicit (``cct_itest.*``)
@@ -23,7 +23,7 @@ from celery._state import _task_stack, get_current_worker_task
 from celery.utils.log import get_task_logger
 
 import celery_ctxthread as cct
-from tests.servers import wait_until
+from tests.helpers.servers import wait_until
 
 logger = get_task_logger(__name__)
 
@@ -251,4 +251,4 @@ def concurrent_probe(self, work_dir, parties, jobs):
     return {'met': met, 'seen': seen}
 
 
-from tests import final_word_tasks, guard_tasks, neighbours_tasks, reliability_tasks  # noqa: E402,F401
+from tests.helpers import final_word_tasks, guard_tasks, neighbours_tasks, reliability_tasks  # noqa: E402,F401

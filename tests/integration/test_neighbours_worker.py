@@ -1,5 +1,5 @@
 """Real workers (prefork and threads, Redis) that set up Sentry, OpenTelemetry and
-``install()`` in a given order when they import their tasks (tests/neighbours_tasks.py).
+``install()`` in a given order when they import their tasks (tests/helpers/neighbours_tasks.py).
 
 With OpenTelemetry's Celery instrumentation the task runs in its ``run/<name>``
 span: a span started in the task's threads must have it as parent.  Progress
@@ -12,16 +12,16 @@ from __future__ import absolute_import
 
 import pytest
 
-from tests import neighbours
 from tests.conftest import POOLS, _worker
-from tests.test_integration import (
+from tests.helpers import neighbours
+from tests.integration.test_integration import (
     ACK_TIMEOUT,
     RESULT_TIMEOUT,
     ProbeRun,
     assert_ids,
     assert_ran_in_other_thread,
 )
-from tests.test_neighbours import missing_neighbours
+from tests.integration.test_neighbours import missing_neighbours
 
 TASK = 'cct_itest.neighbours'
 # Sentry before install(), and install() before both; Sentry and OpenTelemetry both ways.

@@ -2,12 +2,12 @@
 
 Used in two places, with the same checks:
 
-- ``python -m tests.neighbour_probe sentry,otel,install`` applies the order in
+- ``python -m tests.helpers.neighbour_probe sentry,otel,install`` applies the order in
   a fresh interpreter (Sentry has no uninstall) and runs every entry point
-  inside a simulated task (tests/test_neighbours.py);
+  inside a simulated task (tests/integration/test_neighbours.py);
 - a worker started with ``CCT_WORKER_NEIGHBOURS=sentry,install,otel`` applies
-  it when it imports its tasks (tests/neighbours_tasks.py), and its task runs
-  the same entry points (tests/test_neighbours_worker.py).
+  it when it imports its tasks (tests/helpers/neighbours_tasks.py), and its task runs
+  the same entry points (tests/integration/test_neighbours_worker.py).
 
 An order is a sequence of steps: ``sentry`` (``sentry_sdk.init()``), ``otel``
 (``ThreadingInstrumentor().instrument()``), ``ddtrace``
@@ -275,7 +275,7 @@ def entry_points():
 
     A runner calls ``fn`` through its entry point and returns what ``fn`` returned.
     """
-    from tests import integration_tasks as tasks
+    from tests.helpers import integration_tasks as tasks
 
     runners = tasks.RUNNERS
     table = {
@@ -358,7 +358,7 @@ def _job_tag(entry):
 
 def observe_in_job(task, entry, task_id):
     """The target of every entry point: what it sees, and a state update."""
-    from tests.integration_tasks import seen_ids
+    from tests.helpers.integration_tasks import seen_ids
 
     facts = {'ids': seen_ids(task)}
     sentry = _sentry()

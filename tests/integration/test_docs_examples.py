@@ -27,11 +27,11 @@ from celery import _state
 from celery.signals import worker_init
 
 import celery_ctxthread as cct
-from tests.conftest import needs_contextvars
-from tests.servers import wait_until
-from tests.tasks_inprocess import probe, run_bounded, running
+from tests.conftest import REPO_DIR, needs_contextvars
+from tests.helpers.servers import wait_until
+from tests.helpers.tasks_inprocess import probe, run_bounded, running
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs')
+DOCS = os.path.join(REPO_DIR, 'docs')
 EXAMPLES = os.path.join(DOCS, 'examples')
 EAGER = {
     'broker_url': 'memory://',
@@ -234,8 +234,8 @@ def test_asyncio_default_executor_runs_jobs_in_the_task():
 
 def _require(neighbour, *modules):
     """Skip without the neighbour's modules; fail under CI where the cell expects it."""
-    from tests import neighbours
     from tests.conftest import unavailable
+    from tests.helpers import neighbours
 
     for module in modules:
         try:
@@ -248,9 +248,9 @@ def _require(neighbour, *modules):
 
 
 def _neighbour_check(check, order):
-    """Run tests/neighbour_checks.py in a fresh process: patches there cannot be undone."""
+    """Run tests/helpers/neighbour_checks.py in a fresh process: patches there cannot be undone."""
     root = os.path.dirname(DOCS)
-    command = [sys.executable, '-m', 'tests.neighbour_checks', check, order]
+    command = [sys.executable, '-m', 'tests.helpers.neighbour_checks', check, order]
     env = dict(os.environ, PYTHONPATH=root)
     env.pop('SENTRY_DSN', None)
     returncode, output = run_bounded(command, 120, cwd=root, env=env)
@@ -297,9 +297,9 @@ def test_opentelemetry_in_either_order(order):
 
 
 def _agent_check(check, variant):
-    """Run tests/agent_checks.py in a fresh process: an agent keeps its threads for good."""
+    """Run tests/helpers/agent_checks.py in a fresh process: an agent keeps its threads for good."""
     root = os.path.dirname(DOCS)
-    command = [sys.executable, '-m', 'tests.agent_checks', check, variant]
+    command = [sys.executable, '-m', 'tests.helpers.agent_checks', check, variant]
     env = dict(os.environ, PYTHONPATH=root)
     for name in list(env):
         if name.startswith(('ELASTIC_APM_', 'NEW_RELIC_', 'DJANGO_')):
@@ -429,7 +429,7 @@ NOT_RUN_AS_SHOWN = {
 # Lines of literal blocks that are not Python.
 NOT_PYTHON = (
     'CELERY_CTXTHREAD_INSTALL=1 celery',  # shell: test_worker_switch_environment_wins
-    'celery_ctxthread.guard: task ',  # log output: tests/test_late_and_switch.py
+    'celery_ctxthread.guard: task ',  # log output: tests/unit/test_late_and_switch.py
     'from thread ',
 )
 

@@ -7,7 +7,7 @@ import sys
 import celery
 
 from celery_ctxthread import _compat
-from tests.tasks_inprocess import run_bounded
+from tests.helpers.tasks_inprocess import run_bounded
 
 IMPORT_UNDER_CELERY = (
     'import warnings, celery\n'

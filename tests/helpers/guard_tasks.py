@@ -1,6 +1,6 @@
-"""Tasks for the late-update guard on real workers (tests/test_guard.py).
+"""Tasks for the late-update guard on real workers (tests/integration/test_guard.py).
 
-Registered on the integration app: ``tests.integration_tasks`` imports this
+Registered on the integration app: ``tests.helpers.integration_tasks`` imports this
 module at its bottom, so every worker the fixtures start knows these tasks.
 Each task takes a file prefix in the test's ack directory and reports through
 files named after it.  Every wait here is bounded.  Python 2.7 compatible.
@@ -17,8 +17,8 @@ from celery.signals import task_postrun
 
 import celery_ctxthread as cct
 from celery_ctxthread import guard
-from tests.integration_tasks import JOIN_TIMEOUT, app, wait_for_file, write_json
-from tests.tasks_inprocess import retry_in_a_task_thread
+from tests.helpers.integration_tasks import JOIN_TIMEOUT, app, wait_for_file, write_json
+from tests.helpers.tasks_inprocess import retry_in_a_task_thread
 
 FAIL_AND_HANDLE = 'cct_gtest.fail_and_handle'
 IGNORE_THEN_UPDATE = 'cct_gtest.ignore_then_update'

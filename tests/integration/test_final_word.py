@@ -1,6 +1,6 @@
 """The final state is the last word, and a task's threads leave nothing behind.
 
-On real workers (tasks in tests/final_word_tasks.py); every wait is bounded.
+On real workers (tasks in tests/helpers/final_word_tasks.py); every wait is bounded.
 
 1. Tasks that return without joining threads which keep updating PROGRESS:
    once the threads have ended, every task still has its final state
@@ -15,7 +15,7 @@ On real workers (tasks in tests/final_word_tasks.py); every wait is bounded.
 Default sizes keep a cell's run short; full size, as the issue measured::
 
     CI=true CCT_FINAL_TASKS=1000 CCT_LEAK_TASKS=2400 python -m pytest \\
-        tests/test_final_word.py -s -q -p no:cacheprovider
+        tests/integration/test_final_word.py -s -q -p no:cacheprovider
 """
 
 from __future__ import absolute_import, print_function
@@ -28,7 +28,7 @@ import pytest
 from celery.result import ResultSet
 
 from tests.conftest import BACKEND_KINDS, THREADS_POOL_WORKS, _worker
-from tests.servers import wait_until
+from tests.helpers.servers import wait_until
 
 UNJOINED = 'cct_ftest.unjoined_updaters'
 JOINED = 'cct_ftest.joined_updaters'

@@ -15,8 +15,8 @@ import celery
 import pytest
 
 from tests.conftest import _worker
-from tests.integration_tasks import ENTRY_POINTS, read_json, touch
-from tests.servers import wait_until
+from tests.helpers.integration_tasks import ENTRY_POINTS, read_json, touch
+from tests.helpers.servers import wait_until
 
 PROBE = 'cct_itest.probe'
 CONCURRENT_PROBE = 'cct_itest.concurrent_probe'

@@ -14,8 +14,8 @@ from celery import Task, _state
 
 import celery_ctxthread as cct
 from celery_ctxthread._stdlib import TimerBase
-from tests.servers import wait_until
-from tests.tasks_inprocess import (
+from tests.helpers.servers import wait_until
+from tests.helpers.tasks_inprocess import (
     app,
     captured_on_top,
     in_thread,

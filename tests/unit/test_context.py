@@ -13,7 +13,8 @@ from celery import _state
 
 import celery_ctxthread as cct
 from celery_ctxthread import _celery
-from tests.tasks_inprocess import (
+from tests.conftest import REPO_DIR
+from tests.helpers.tasks_inprocess import (
     app,
     captured_on_top,
     in_thread,
@@ -312,6 +313,6 @@ def test_the_same_tests_pass_with_use_fast_locals():
     files = [os.path.join(here, name) for name in ('test_context.py', 'test_entry_points.py')]
     command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'] + files
     env = dict(os.environ, USE_FAST_LOCALS='1')
-    returncode, output = run_bounded(command, timeout=300, cwd=os.path.dirname(here), env=env)
+    returncode, output = run_bounded(command, timeout=300, cwd=REPO_DIR, env=env)
     assert returncode == 0, output
     assert ' passed' in output

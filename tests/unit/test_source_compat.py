@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # bench/ is not here: it runs on the newest Python only.
 FOLDERS = ('celery_ctxthread', 'tests', os.path.join('docs', 'examples'))
 # tests/typing/ is a user's module that only mypy reads (tox envs types, types-user):

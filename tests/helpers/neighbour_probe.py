@@ -2,14 +2,14 @@
 
 ::
 
-    python -m tests.neighbour_probe sentry,otel,install
+    python -m tests.helpers.neighbour_probe sentry,otel,install
 
 A fresh interpreter per order, because Sentry's patches cannot be undone.
-The task is pushed exactly as Celery's tracer does (tests.tasks_inprocess),
+The task is pushed exactly as Celery's tracer does (tests.helpers.tasks_inprocess),
 inside a span standing for the one a Celery instrumentation would start.
 Prints each part of the report as soon as it is known, one line each,
 ``NEIGHBOUR-REPORT <json [path, value]>``: a probe killed for hanging still
-tells what it saw (:func:`tests.neighbours.assemble` puts them together).
+tells what it saw (:func:`tests.helpers.neighbours.assemble` puts them together).
 Python 2.7 compatible.
 """
 
@@ -19,7 +19,7 @@ import contextlib
 import json
 import sys
 
-from tests import neighbours
+from tests.helpers import neighbours
 
 PREFIX = 'NEIGHBOUR-REPORT '
 TASK_ID = 'neighbour-task'
@@ -59,7 +59,7 @@ def main(argv):
     # Before Celery and celery_ctxthread are imported, as an app that sets up
     # Sentry first would do; the install step imports celery_ctxthread.
     neighbours.apply(neighbours.parse(argv[1]))
-    from tests.tasks_inprocess import probe, running
+    from tests.helpers.tasks_inprocess import probe, running
 
     with running(probe, TASK_ID), task_span():
         neighbours.observe_entry_points(probe, emit)

@@ -1,11 +1,11 @@
 """Elastic APM, New Relic and Django beside ``install()``, each in a fresh interpreter.
 
 An agent is set up once per process and keeps its threads for the life of the
-process, so ``tests/test_docs_examples.py`` runs this module once per check
+process, so ``tests/integration/test_docs_examples.py`` runs this module once per check
 and reads the one JSON line it prints::
 
-    python -m tests.agent_checks elasticapm recipe    # the docs' example as it is
-    python -m tests.agent_checks elasticapm without   # the same, less the recipe
+    python -m tests.helpers.agent_checks elasticapm recipe    # the docs' example as it is
+    python -m tests.helpers.agent_checks elasticapm without   # the same, less the recipe
 
 Nothing leaves the machine: each agent's server is a loopback port bound here
 and never listened on (a connection to it is refused), Elastic APM looks for no
@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from celery.signals import worker_process_init
 
 from celery_ctxthread.context import _CallInContext
-from tests.test_docs_examples import load
+from tests.integration.test_docs_examples import load
 
 TIMEOUT = 10.0
 _DEAD = []

@@ -1,12 +1,12 @@
 """Reliability on real workers: late updates, load, a killed child, warm shutdown.
 
-Tasks live in tests/reliability_tasks.py.  Every wait is bounded.
+Tasks live in tests/helpers/reliability_tasks.py.  Every wait is bounded.
 
 The load test runs at a reduced size by default (8 tasks x 4 threads x 20
 updates per worker, under half a minute for all four workers).  Full size::
 
     CI=true CCT_LOAD_TASKS=64 CCT_LOAD_THREADS=16 CCT_LOAD_UPDATES=100 \\
-        python -m pytest tests/test_reliability.py -k load -s -q -p no:cacheprovider
+        python -m pytest tests/integration/test_reliability.py -k load -s -q -p no:cacheprovider
 
 (``-s`` shows the figures each run prints: updates sent, wrong-task payloads,
 final states lost, wall time.)
@@ -31,8 +31,8 @@ import pytest
 from celery.result import ResultSet
 
 from tests.conftest import BACKEND_KINDS, CONCURRENT_POOLS, POOLS, _combos, _worker
-from tests.integration_tasks import read_json, touch
-from tests.servers import pid_alive, wait_until
+from tests.helpers.integration_tasks import read_json, touch
+from tests.helpers.servers import pid_alive, wait_until
 
 RESULT_TIMEOUT = 30.0
 FILE_TIMEOUT = 30.0

@@ -11,7 +11,7 @@ import pytest
 from celery import _state
 
 import celery_ctxthread as cct
-from tests.tasks_inprocess import observe, other, probe, running, thread_state
+from tests.helpers.tasks_inprocess import observe, other, probe, running, thread_state
 
 
 def started(thread):

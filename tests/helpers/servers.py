@@ -3,7 +3,8 @@
 Everything listens on 127.0.0.1 on free ports and keeps its files in a
 temporary directory.  Every wait is bounded.  Python 2.7 compatible.  The
 process control (:class:`ManagedProcess`, :class:`CeleryWorker`, ``wait_until``)
-is the demo's: ``celery_ctxthread._demo._process``.
+is the demo's, imported on purpose: ``celery_ctxthread._demo._process`` is the
+one module the demo and the tests share (its docstring says why).
 """
 
 from __future__ import absolute_import, print_function

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 import celery_ctxthread as cct
-from tests.tasks_inprocess import current_id, probe, running
+from tests.helpers.tasks_inprocess import current_id, probe, running
 
 try:
     import asyncio

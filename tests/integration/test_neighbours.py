@@ -3,7 +3,7 @@
 For each order of ``sentry_sdk.init()``, ``ThreadingInstrumentor().instrument()``
 and ``cct.install()`` (and orders without some of them, and orders with
 ``ddtrace.patch(futures=True)``, ``uninstall()`` and ``install()`` again), a fresh interpreter
-(tests/neighbour_probe.py) runs each entry point inside a simulated task and
+(tests/helpers/neighbour_probe.py) runs each entry point inside a simulated task and
 reports what the target saw.  Each must see the task (``current_task``,
 ``self.request.id``, a working ``self.update_state``), Sentry's forked scope
 (the task's tags, and its own tag kept out of the task's scope) and
@@ -12,7 +12,7 @@ task only under ``install()``; without it nothing of ours runs there, and only
 the task's absence is checked.  Where Sentry does not fork a scope itself
 (Timers when OpenTelemetry came first, executor jobs on Sentry 1.x,
 ``asyncio.to_thread``, ``wrap()``), the job shares the task's Sentry scope:
-see ``tests.neighbours.sentry_forks``.
+see ``tests.helpers.neighbours.sentry_forks``.
 
 A neighbour missing from the interpreter skips its orders, unless the cell
 names it in ``CCT_EXPECT_NEIGHBOURS`` (tox.ini): then CI fails.
@@ -27,10 +27,10 @@ import sys
 
 import pytest
 
-from tests import neighbours
 from tests.conftest import REPO_DIR, _python_path, unavailable
-from tests.neighbour_probe import PREFIX
-from tests.tasks_inprocess import run_bounded
+from tests.helpers import neighbours
+from tests.helpers.neighbour_probe import PREFIX
+from tests.helpers.tasks_inprocess import run_bounded
 
 PROBE_TIMEOUT = 120.0  # imports, then every entry point (a second when all is well)
 
@@ -96,7 +96,7 @@ def probe_report(order):
     if missing:
         pytest.skip('not installed here: %s' % ', '.join(missing))
     if order not in _reports:
-        command = [sys.executable, '-m', 'tests.neighbour_probe', ','.join(order)]
+        command = [sys.executable, '-m', 'tests.helpers.neighbour_probe', ','.join(order)]
         env = dict(os.environ, PYTHONPATH=_python_path())
         env.pop(neighbours.ORDER_VARIABLE, None)
         code, output = run_bounded(command, PROBE_TIMEOUT, cwd=REPO_DIR, env=env)

@@ -23,7 +23,7 @@ import pytest
 
 import celery_ctxthread as cct
 from tests.conftest import contextvars, needs_contextvars
-from tests.tasks_inprocess import current_id, other, probe, running
+from tests.helpers.tasks_inprocess import current_id, other, probe, running
 
 TIMEOUT = 10
 

@@ -6,7 +6,7 @@ and the task's hooks and ``task_success``/``task_failure`` receivers run after
 that store, in the task's own thread.  The tracers are built when this module
 is imported, before any test captures anything: a worker builds its tracers
 when it starts, before any task runs.  The same rules on real workers:
-tests/test_guard.py.
+tests/integration/test_guard.py.
 """
 
 from __future__ import absolute_import
@@ -30,8 +30,14 @@ from celery.signals import before_task_publish, task_failure, task_success
 import celery_ctxthread as cct
 from celery_ctxthread import worker
 from tests.conftest import REPO_DIR, WORKER_APP, _python_path
-from tests.servers import CeleryWorker, ServerError, wait_until
-from tests.tasks_inprocess import in_thread, probe, retry_in_a_task_thread, run_bounded, running
+from tests.helpers.servers import CeleryWorker, ServerError, wait_until
+from tests.helpers.tasks_inprocess import (
+    in_thread,
+    probe,
+    retry_in_a_task_thread,
+    run_bounded,
+    running,
+)
 
 WAIT = 10
 LATE_LOGGER = 'celery_ctxthread.guard'

@@ -1,7 +1,7 @@
-"""Tasks for tests/test_final_word.py: the final state is the last word, and a
+"""Tasks for tests/integration/test_final_word.py: the final state is the last word, and a
 task's threads leave no result backend and no connection behind.
 
-Registered on the integration app (``tests.integration_tasks`` imports this
+Registered on the integration app (``tests.helpers.integration_tasks`` imports this
 module at its bottom).  Every wait is bounded.  Python 2.7 compatible.
 
 A worker started with ``CCT_WORKER_HEAP_OBJECTS=N`` keeps N objects alive
@@ -19,7 +19,7 @@ import time
 from celery.backends.base import Backend  # every backend's base (BaseBackend is one branch)
 
 import celery_ctxthread as cct
-from tests.integration_tasks import JOIN_TIMEOUT, app
+from tests.helpers.integration_tasks import JOIN_TIMEOUT, app
 
 _HEAP = [object() for _ in range(int(os.environ.get('CCT_WORKER_HEAP_OBJECTS') or 0))]
 

@@ -1,7 +1,7 @@
 """The late-update guard and the retry refusal on real workers.
 
 Every backend (rpc, Redis, SQLite) and pool.  Tasks live in
-tests/guard_tasks.py; the same rules in-process: tests/test_late_and_switch.py.
+tests/helpers/guard_tasks.py; the same rules in-process: tests/unit/test_late_and_switch.py.
 What the guard must let through is tested here: the task's own hooks, and
 threads of a task that stores no final state.  Every wait is bounded.
 """
@@ -13,12 +13,12 @@ import uuid
 
 import pytest
 
-from tests.integration_tasks import read_json, touch
-from tests.servers import wait_until
-from tests.test_reliability import FILE_TIMEOUT, RESULT_TIMEOUT, rpc_late_states
+from tests.helpers.integration_tasks import read_json, touch
+from tests.helpers.servers import wait_until
+from tests.integration.test_reliability import FILE_TIMEOUT, RESULT_TIMEOUT, rpc_late_states
 
-# By name, as a client sends them: importing tests.guard_tasks here, before
-# tests.integration_tasks, is a circular import that Python 2.7 refuses.
+# By name, as a client sends them: importing tests.helpers.guard_tasks here, before
+# tests.helpers.integration_tasks, is a circular import that Python 2.7 refuses.
 FAIL_AND_HANDLE = 'cct_gtest.fail_and_handle'
 IGNORE_THEN_UPDATE = 'cct_gtest.ignore_then_update'
 RETRY_FROM_A_THREAD = 'cct_gtest.retry_from_a_thread'

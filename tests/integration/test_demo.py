@@ -32,9 +32,9 @@ from kombu.transport import filesystem
 from celery_ctxthread.__main__ import build_parser
 from celery_ctxthread._demo import _app as demo_app
 from celery_ctxthread._demo import _cli as cli
-from tests.servers import pid_alive
+from tests.helpers.servers import pid_alive
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = [sys.executable, '-m', 'celery_ctxthread', 'demo']
 FAST = ['--threads', '3', '--steps', '4', '--delay', '0.05']
 SUMMARY_ROW = re.compile(
