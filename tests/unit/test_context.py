@@ -4,7 +4,6 @@ from __future__ import absolute_import
 
 import gc
 import os
-import sys
 import threading
 import weakref
 
@@ -13,7 +12,6 @@ from celery import _state
 
 import celery_ctxthread as cct
 from celery_ctxthread import _celery
-from tests.conftest import REPO_DIR
 from tests.helpers.tasks_inprocess import (
     app,
     captured_on_top,
@@ -21,7 +19,6 @@ from tests.helpers.tasks_inprocess import (
     observe,
     other,
     probe,
-    run_bounded,
     running,
     states_around,
     thread_state,
@@ -304,15 +301,3 @@ def test_the_default_flavour_is_detected():
         else _celery._LocalStackPusher
     )
     assert type(_celery.pusher_for([(_state._task_stack, ())])) is expected
-
-
-@pytest.mark.skipif(bool(os.environ.get('USE_FAST_LOCALS')), reason='this is the re-run itself')
-def test_the_same_tests_pass_with_use_fast_locals():
-    """USE_FAST_LOCALS is read at Celery's import: re-run these tests in a subprocess."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.join(here, name) for name in ('test_context.py', 'test_entry_points.py')]
-    command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'] + files
-    env = dict(os.environ, USE_FAST_LOCALS='1')
-    returncode, output = run_bounded(command, timeout=300, cwd=REPO_DIR, env=env)
-    assert returncode == 0, output
-    assert ' passed' in output

@@ -218,13 +218,12 @@ def _sleep_then_update(task, wake):
 
 @app.task(bind=True, name='cct_late.backends_seen')
 def backends_seen(self, pool):
-    """The result backend this task's thread, a TaskThread and a job of ``pool`` use."""
-    seen = {'task': app.backend}
-    thread = cct.TaskThread(target=lambda: seen.setdefault('thread', app.backend))
+    """Update from a TaskThread and from a job of ``pool``; keep the task's own backend."""
+    kept[self.request.id] = app.backend
+    thread = cct.TaskThread(target=self.update_state, kwargs={'state': 'FROM_THREAD'})
     thread.start()
     thread.join(WAIT)
-    seen['job'] = pool.submit(lambda: app.backend).result(WAIT)
-    kept[self.request.id] = seen
+    pool.submit(self.update_state, state='FROM_JOB').result(WAIT)
     return 'seen'
 
 
@@ -382,15 +381,24 @@ def test_the_final_store_never_waits_for_a_thread_that_is_merely_alive(warnings_
 
 
 @pytest.mark.skipif(celery.VERSION < (5, 0), reason='Celery 4 has one backend for every thread')
-def test_a_tasks_threads_and_jobs_use_its_backend_and_keep_none():
-    """Celery 5 keeps app.backend per thread: the task's threads and jobs use the
-    task's, and a pool thread is left with what it had before (here: none)."""
+def test_a_tasks_threads_and_jobs_store_through_its_backend_and_keep_none(monkeypatch):
+    """Celery 5 keeps app.backend per thread: the task's threads and jobs store
+    through the task's, and a pool thread is left with what it had before (none)."""
+    used = {}
+    backend_class = type(app.backend)
+    real = backend_class.store_result
+
+    def store_result(backend, task_id, result, state, *args, **kwargs):
+        used[state] = backend
+        return real(backend, task_id, result, state, *args, **kwargs)
+
+    monkeypatch.setattr(backend_class, 'store_result', store_result)
     pool = cct.TaskThreadPoolExecutor(max_workers=1)
     try:
-        seen = kept.pop(traced(backends_seen, pool))
-        assert seen['thread'] is seen['task'] and seen['job'] is seen['task']
+        own = kept.pop(traced(backends_seen, pool))
+        assert used['FROM_THREAD'] is own and used['FROM_JOB'] is own
         # The same pool thread, outside any task, builds a backend of its own as before.
-        assert pool.submit(lambda: app.backend).result(WAIT) is not seen['task']
+        assert pool.submit(lambda: app.backend).result(WAIT) is not own
     finally:
         pool.shutdown()
 

@@ -24,7 +24,6 @@ from __future__ import absolute_import
 import functools
 import itertools
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -36,8 +35,7 @@ from hypothesis import strategies as st
 import celery_ctxthread as cct
 from celery_ctxthread import _celery
 from celery_ctxthread.context import _CallInContext
-from tests.conftest import REPO_DIR
-from tests.helpers.tasks_inprocess import app, in_thread, other, probe, run_bounded, running
+from tests.helpers.tasks_inprocess import app, in_thread, other, probe, running
 
 try:
     import contextvars
@@ -526,18 +524,6 @@ def test_a_target_that_leaks_a_request_of_a_task_not_in_the_snapshot(other_on_th
         return leaked
 
     assert in_thread(check) == ()
-
-
-@pytest.mark.skipif(bool(os.environ.get('USE_FAST_LOCALS')), reason='this is the re-run itself')
-def test_the_property_holds_with_use_fast_locals():
-    """USE_FAST_LOCALS is read at Celery's import: re-run this file in a subprocess."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    this_file = os.path.join(here, 'test_restore_property.py')
-    command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', this_file]
-    env = dict(os.environ, USE_FAST_LOCALS='1')
-    returncode, output = run_bounded(command, timeout=120, cwd=REPO_DIR, env=env)
-    assert returncode == 0, output
-    assert ' passed' in output and 'xfailed' in output
 
 
 def test_the_stack_flavour_follows_use_fast_locals():
