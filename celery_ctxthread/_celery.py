@@ -184,15 +184,16 @@ def task_backend_seat(app):
     Celery 5 gives every thread that touches ``app.backend`` a backend of its
     own (unless :setting:`result_backend_thread_safe`), and a Redis or SQL
     backend's connection outlives a dead thread until the cyclic collector
-    frees it.  A task's threads borrow their task's instead: stores through it
-    are thread-safe (a Redis client's pool, the rpc producer pool, an SQL
-    session per store), and the guard serialises the stores of one task.
-    Celery 4 (one backend per app) and thread-safe backends share already.
-    Built here, in the task's thread, if the task has not used it yet: the
-    task stores its final state with it.
+    frees it.  A task's threads store through their task's instead
+    (:func:`call_with_backend`, from the guard's ``update_state``): stores
+    through it are thread-safe (a Redis client's pool, the rpc producer pool,
+    an SQL session per store), and the guard serialises the stores of one
+    task.  Celery 4 (one backend per app) and thread-safe backends share
+    already.  Built here, in the task's thread, if the task has not used it
+    yet: the task stores its final state with it.
     """
     local = getattr(app, '_local', None)
-    if local is None:  # Celery 4
+    if local is None:  # Celery 4, or no app
         return None
     backend = local.__dict__.get('backend')  # this thread's
     if backend is None and getattr(app, '_backend_cache', None) is None:
@@ -203,6 +204,24 @@ def task_backend_seat(app):
     if backend is None or local.__dict__.get('backend') is not backend:
         return None  # result_backend_thread_safe: Celery shares it itself
     return local, backend
+
+
+def call_with_backend(seat, fn, args, kwargs):
+    """``fn(*args, **kwargs)`` with ``app.backend`` on this thread being the one in
+    ``seat``; the thread's own (or none) is back afterwards."""
+    backend_local, backend = seat
+    # This thread's attributes of app._local, read through the dict: a missing
+    # attribute would raise and catch.
+    thread_attributes = backend_local.__dict__
+    previous = thread_attributes.get('backend')
+    thread_attributes['backend'] = backend
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if previous is None:  # the thread had none: it is left with none
+            thread_attributes.pop('backend', None)
+        else:
+            thread_attributes['backend'] = previous
 
 
 # ------------------------------------------------ where a final state is stored

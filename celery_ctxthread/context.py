@@ -16,8 +16,7 @@ What a snapshot holds, and why:
   and ``get_current_worker_task()`` all read these.  The request object is
   *shared*, not copied: a thread is part of its task, so a subtask it
   ``.delay()``\\ s lands in the task's ``children``;
-- the thread's current app, and (Celery 5) the task's result backend, which
-  the thread uses instead of building one of its own;
+- the thread's current app;
 - the ``contextvars`` context, which each run enters as a *fresh copy*: one
   context cannot be entered by two threads at once, and a job's changes must
   not leak into the next job.
@@ -35,8 +34,8 @@ from celery_ctxthread._compat import copy_context
 
 _APP_LOCAL = _celery.APP_LOCAL
 
-#: Called with each request whose task's context a snapshot captures first
-#: (the late-update guard's ``watch``, while it is set up).
+#: Called with ``(task, request)`` for each task a new snapshot captures, in
+#: the task's own thread (the late-update guard's ``watch``, while it is set up).
 _capture_hooks = []
 
 
@@ -134,31 +133,15 @@ class _CallInContext(object):
             previous_app = _APP_LOCAL.current_app
             if tasks.app is not None:
                 _APP_LOCAL.current_app = tasks.app
-            seat = tasks.backend_seat
-            if seat is None:
-                try:
-                    return pusher.call(fn, args, kwargs)
-                finally:
-                    _APP_LOCAL.current_app = previous_app
-            # This thread's attributes of app._local: read through the dict, a
-            # missing attribute would raise and catch (about 5,000 instructions).
-            backend_local, backend = seat
-            thread_attributes = backend_local.__dict__
-            previous_backend = thread_attributes.get('backend')
-            thread_attributes['backend'] = backend
             try:
                 return pusher.call(fn, args, kwargs)
             finally:
-                if previous_backend is None:  # the thread had none: it is left with none
-                    thread_attributes.pop('backend', None)
-                else:
-                    thread_attributes['backend'] = previous_backend
                 _APP_LOCAL.current_app = previous_app
         finally:
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.
             self = context = tasks = contextvars = pusher = fn = args = kwargs = None
-            more_args = more_kwargs = seat = backend = previous_backend = thread_attributes = None
+            more_args = more_kwargs = None
 
     @property
     def __func__(self):
@@ -180,26 +163,17 @@ class _CapturedTasks(object):
     """The Celery half of a snapshot, shared by captures of the same ``identity``:
     ``(app, *tasks, *top_requests)``, as :func:`_celery.read_tasks` reads them."""
 
-    __slots__ = ('app', 'backend_seat', 'identity', 'pusher', 'request', 'task')
+    __slots__ = ('app', 'identity', 'pusher', 'request', 'task')
 
     def __init__(self, identity, tasks, top_requests):
         self.identity, self.app = identity, identity[0]
         self.task = tasks[-1] if tasks else None
         self.request = top_requests[-1] if tasks else None
         self.pusher = _celery.pusher_for(_pushes(tasks, top_requests)) if tasks else None
-        self.backend_seat = _backend_seat(self.task) if tasks else None
-        for request in top_requests:
+        for task, request in zip(tasks, top_requests):
             if request is not None:
                 for hook in _capture_hooks:
-                    hook(request)
-
-
-def _backend_seat(task):
-    try:
-        app = task.app
-    except Exception:  # not a bound task: nothing to share
-        return None
-    return _celery.task_backend_seat(app)
+                    hook(task, request)
 
 
 def _pushes(tasks, top_requests):

@@ -64,10 +64,11 @@ _applied = []  # the MethodPatch objects while set up
 class _Watch(object):
     """What the guard knows of one captured request."""
 
-    __slots__ = ('ended', 'finished', 'lock', 'owner', 'warned')
+    __slots__ = ('backend_seat', 'ended', 'finished', 'lock', 'owner', 'warned')
 
-    def __init__(self, owner):
+    def __init__(self, owner, backend_seat):
         self.owner = weakref.ref(owner)  # the task's own thread: the first to capture it
+        self.backend_seat = backend_seat  # the task's own result backend (Celery 5), or None
         self.finished = False  # its final state is stored, or being stored
         self.ended = False  # the task has returned (task_postrun)
         self.warned = set()  # idents of the threads already warned
@@ -81,14 +82,22 @@ class _Watch(object):
         return self.ended or self.owner() is not threading.current_thread()
 
 
-def watch(request):
-    """Note that ``request``'s context was captured in the current thread."""
+def watch(task, request):
+    """Note that ``task``'s context, with ``request``, was captured in the current thread."""
     if _watch_of(request) is None:
+        seat = _celery.task_backend_seat(_app_of(task))  # once per task run, not per capture
         with _lock:
             try:
-                _watched.setdefault(request, _Watch(threading.current_thread()))
+                _watched.setdefault(request, _Watch(threading.current_thread(), seat))
             except TypeError:  # not weakly referable: such a request cannot be guarded
                 pass
+
+
+def _app_of(task):
+    try:
+        return task.app
+    except Exception:  # not a bound task
+        return None
 
 
 def _watch_of(request):
@@ -167,7 +176,13 @@ def _guarded_update_state(update_state):
             if watched.finished and watched.from_elsewhere():
                 _warn_once(watched, request, state)
                 return None
-            return update_state(self, task_id, state, meta, **kwargs)
+            seat = watched.backend_seat
+            if seat is None or watched.owner() is threading.current_thread():
+                return update_state(self, task_id, state, meta, **kwargs)
+            # Another thread: it stores through its task's backend, and builds none.
+            return _celery.call_with_backend(
+                seat, update_state, (self, task_id, state, meta), kwargs
+            )
 
     return guarded_update_state
 
