@@ -46,6 +46,8 @@ def configure_from_env(environ=os.environ):
         # Celery 5.3+: one backend for every thread of the process.
         result_backend_thread_safe=bool(environ.get('CCT_WORKER_RESULT_BACKEND_THREAD_SAFE')),
     )
+    if environ.get('CCT_WORKER_CONFIRM_PUBLISH'):  # each publish returns once RabbitMQ routed it
+        app.conf.broker_transport_options = {'confirm_publish': True}
 
 
 configure_from_env()

@@ -57,9 +57,15 @@ def _params():
     ]
 
 
-def _env(thread_safe, **extra):
+def _env(kind, thread_safe):
     env = {'CCT_WORKER_RESULT_BACKEND_THREAD_SAFE': '1'} if thread_safe else {}
-    env.update(extra)
+    if kind == 'rabbitmq':
+        # rpc: the updates and the final state are published through different
+        # pooled connections, and RabbitMQ orders messages per connection only:
+        # under its flow control an update published first may be routed after
+        # the final state.  With publisher confirms each publish returns once
+        # routed, so the lock orders them (docs/how.rst, "Threads that outlive").
+        env['CCT_WORKER_CONFIRM_PUBLISH'] = '1'
     return env
 
 
@@ -75,7 +81,7 @@ def _states_after_final(states):
 def test_threads_that_outlive_their_task_never_replace_its_final_state(
     request, worker_registry, kind, pool, thread_safe
 ):
-    worker = _worker(request, worker_registry, kind, pool, _env(thread_safe))
+    worker = _worker(request, worker_registry, kind, pool, _env(kind, thread_safe))
     arrived = {}
 
     def on_message(meta):  # rpc: every state message, in the order the client gets it
