@@ -19,8 +19,9 @@ and store a task's final state through the backend's ``mark_as_done``,
 runs its target under::
 
     pusher = pusher_for([(TASK_STACK, tasks), (task.request_stack, requests)])
-    pusher.call(fn, args, kwargs)   # the stacks end with the items while fn runs,
-                                    # and are exactly what they were afterwards
+    pusher.call(app, fn, args, kwargs)   # while fn runs, the stacks end with the
+                                         # items and app is current; afterwards
+                                         # both are exactly what they were
 """
 
 from celery import _state
@@ -87,10 +88,15 @@ class _LocalStackPusher(object):
         self.ident_func = ident_func  # Celery's locals all share one
         self.parts = parts  # ((storage, items as a list), ...)
 
-    def call(self, fn, args, kwargs):
+    def call(self, app, fn, args, kwargs):
         ident = self.ident_func()
         saved = []
+        # Saved even when the snapshot has no app: the target may make one
+        # current, and a pool thread must not keep it for its next job.
+        previous_app = APP_LOCAL.current_app
         try:
+            if app is not None:
+                APP_LOCAL.current_app = app
             for storage, items in self.parts:
                 entry = storage.get(ident)
                 saved.append((storage, entry))
@@ -105,8 +111,10 @@ class _LocalStackPusher(object):
                     storage.pop(ident, None)
                 else:
                     storage[ident] = entry
+            APP_LOCAL.current_app = previous_app
             # Let go of all it holds: see _released.
-            self = fn = args = kwargs = saved = storage = entry = items = new_stack = None
+            self = app = fn = args = kwargs = saved = storage = entry = items = new_stack = None
+            previous_app = None
 
 
 class _FastLocalStackPusher(object):
@@ -118,9 +126,12 @@ class _FastLocalStackPusher(object):
     def __init__(self, parts):
         self.parts = parts  # ((stack, items), ...)
 
-    def call(self, fn, args, kwargs):
+    def call(self, app, fn, args, kwargs):
         saved = []
+        previous_app = APP_LOCAL.current_app  # as _LocalStackPusher.call
         try:
+            if app is not None:
+                APP_LOCAL.current_app = app
             for stack, items in self.parts:
                 live = stack.stack
                 saved.append((live, live[:]))
@@ -129,7 +140,8 @@ class _FastLocalStackPusher(object):
         finally:
             for live, items in saved:
                 live[:] = items
-            self = fn = args = kwargs = saved = live = items = None  # see _released
+            APP_LOCAL.current_app = previous_app
+            self = app = fn = args = kwargs = saved = live = items = previous_app = None
 
 
 class _PublicApiPusher(object):
@@ -140,9 +152,12 @@ class _PublicApiPusher(object):
     def __init__(self, parts):
         self.parts = parts  # ((stack, items), ...)
 
-    def call(self, fn, args, kwargs):
+    def call(self, app, fn, args, kwargs):
         saved = []
+        previous_app = APP_LOCAL.current_app  # as _LocalStackPusher.call
         try:
+            if app is not None:
+                APP_LOCAL.current_app = app
             for stack, items in self.parts:
                 saved.append((stack, tuple(stack.stack)))
                 for item in items:
@@ -154,7 +169,8 @@ class _PublicApiPusher(object):
                     stack.pop()
                 for item in items[len(stack) :]:  # the target popped some of ours
                     stack.push(item)
-            self = fn = args = kwargs = saved = stack = items = item = None  # see _released
+            APP_LOCAL.current_app = previous_app
+            self = app = fn = args = kwargs = saved = stack = items = item = previous_app = None
 
 
 # _released: a failed job's traceback keeps the frames of ``call`` (the stdlib's

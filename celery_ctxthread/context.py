@@ -76,7 +76,13 @@ class TaskContext(object):
         """
         if len(args) < 2:
             raise TypeError('run() missing its first positional argument')
-        return _CallInContext(args[0], args[1], args[2:], kwargs)()
+        self, fn, args = args[0], args[1], args[2:]
+        tasks, contextvars = self._tasks, self._contextvars
+        if tasks.pusher is None:  # outside any task: exactly the call
+            return fn(*args, **kwargs)
+        if contextvars is not None:  # as in _CallInContext.__call__, with nothing to keep
+            args, fn = (fn,) + args, contextvars.copy().run
+        return tasks.pusher.call(tasks.app, fn, args, kwargs)
 
     def __repr__(self):
         task = self._tasks.task
@@ -128,15 +134,7 @@ class _CallInContext(object):
                 if outer:
                     args, fn = (outer, fn, args, kwargs), _set_then_call
                 args, fn = (fn,) + args, contextvars.copy().run
-            # Saved even when the snapshot has no app: the target may make one
-            # current, and a pool thread must not keep it for its next job.
-            previous_app = _APP_LOCAL.current_app
-            if tasks.app is not None:
-                _APP_LOCAL.current_app = tasks.app
-            try:
-                return pusher.call(fn, args, kwargs)
-            finally:
-                _APP_LOCAL.current_app = previous_app
+            return pusher.call(tasks.app, fn, args, kwargs)
         finally:
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.

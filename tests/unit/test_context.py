@@ -269,7 +269,7 @@ def test_unknown_stack_flavours_get_the_public_api_and_are_restored():
         seen.append(tuple(stack.stack))
         del stack.stack[:]  # the target popped below us
 
-    pusher.call(target, (), {})
+    pusher.call(None, target, (), {})
     assert seen == [('a', 'b', 'c')]
     assert tuple(stack.stack) == ('a',)
 
