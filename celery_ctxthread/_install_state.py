@@ -5,6 +5,7 @@ submit wrappers; the executors and the patched methods only ask::
 
     state.enabled                       # install() is in force
     run_as_pool_code(submit, args, {})  # threads started meanwhile are the pool's own
+    pool_code.active                    # ... the flag it sets, per thread
     wrapped_by_others(submit)           # someone else's submit wrapper sits below ours
 """
 
@@ -30,21 +31,21 @@ class _PoolCode(threading.local):
     active = False
 
 
-_pool_code = _PoolCode()
+pool_code = _PoolCode()
 
 
 def inside_pool_code():
     """Whether a pool's own code is running on this thread (see ``run_as_pool_code``)."""
-    return _pool_code.active
+    return pool_code.active
 
 
 def run_as_pool_code(method, args, kwargs):
     """``method(*args, **kwargs)``, with every thread it starts left without a context."""
-    was_active, _pool_code.active = _pool_code.active, True
+    was_active, pool_code.active = pool_code.active, True
     try:
         return method(*args, **kwargs)
     finally:
-        _pool_code.active = was_active
+        pool_code.active = was_active
 
 
 # install()'s own submit wrappers, which pass our jobs through untouched.

@@ -59,7 +59,7 @@ def _start_in_context(self, _original_start=None):
     run = thread.run
     if type(run) is _CallInContext:
         return start()
-    thread.run = _CallInContext(context, run, once=True, keep_outer=True)
+    thread.run = _CallInContext(context, run, (), None, True, True)  # once, keep_outer
     try:
         return start()
     except BaseException:  # it never started: leave the thread as it was
