@@ -132,45 +132,41 @@ class _FastLocalStackPusher(object):
         try:
             if app is not None:
                 APP_LOCAL.current_app = app
-            for stack, items in self.parts:
-                live = stack.stack
-                saved.append((live, live[:]))
-                live.extend(items)
+            self._push(saved)
             return fn(*args, **kwargs)
         finally:
-            for live, items in saved:
-                live[:] = items
+            self._restore(saved)
             APP_LOCAL.current_app = previous_app
-            self = app = fn = args = kwargs = saved = live = items = previous_app = None
+            self = app = fn = args = kwargs = saved = previous_app = None  # see _released
+
+    def _push(self, saved):
+        for stack, items in self.parts:
+            live = stack.stack
+            saved.append((live, live[:]))
+            live.extend(items)
+
+    def _restore(self, saved):
+        for live, items in saved:
+            live[:] = items
 
 
-class _PublicApiPusher(object):
+class _PublicApiPusher(_FastLocalStackPusher):
     """Any other mix of stacks: read ``.stack``, push and pop through the public API."""
 
-    __slots__ = ('parts',)
+    __slots__ = ()
 
-    def __init__(self, parts):
-        self.parts = parts  # ((stack, items), ...)
+    def _push(self, saved):
+        for stack, items in self.parts:
+            saved.append((stack, tuple(stack.stack)))
+            for item in items:
+                stack.push(item)
 
-    def call(self, app, fn, args, kwargs):
-        saved = []
-        previous_app = APP_LOCAL.current_app  # as _LocalStackPusher.call
-        try:
-            if app is not None:
-                APP_LOCAL.current_app = app
-            for stack, items in self.parts:
-                saved.append((stack, tuple(stack.stack)))
-                for item in items:
-                    stack.push(item)
-            return fn(*args, **kwargs)
-        finally:
-            for stack, items in saved:
-                for _ in range(len(stack) - len(items)):
-                    stack.pop()
-                for item in items[len(stack) :]:  # the target popped some of ours
-                    stack.push(item)
-            APP_LOCAL.current_app = previous_app
-            self = app = fn = args = kwargs = saved = stack = items = item = previous_app = None
+    def _restore(self, saved):
+        for stack, items in saved:
+            for _ in range(len(stack) - len(items)):
+                stack.pop()
+            for item in items[len(stack) :]:  # the target popped some of ours
+                stack.push(item)
 
 
 # _released: a failed job's traceback keeps the frames of ``call`` (the stdlib's
