@@ -566,13 +566,12 @@ COUNTED = (
 )
 
 
-def instructions(workload, variant, ops):
-    """Instructions the interpreter executes for ``ops`` operations, under valgrind."""
-    command = [
-        'valgrind',
-        '--tool=cachegrind',
-        '--cache-sim=no',
-        '--cachegrind-out-file=/dev/null',
+def instructions(workload, variant, ops, counted=True):
+    """Instructions the interpreter executes for ``ops`` operations, under valgrind
+    (``counted=False``: the same run without valgrind, to warm the bytecode cache)."""
+    valgrind = ['valgrind', '--tool=cachegrind', '--cache-sim=no']
+    valgrind.append('--cachegrind-out-file=/dev/null')
+    command = (valgrind if counted else []) + [
         sys.executable,
         os.path.abspath(__file__),
         '--count',
@@ -588,6 +587,8 @@ def instructions(workload, variant, ops):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _, err = process.communicate()
     lines = err.decode('utf-8', 'replace').splitlines()
+    if not counted:
+        return None  # a failure shows in the counted runs
     counts = [line for line in lines if 'I' in line and 'refs:' in line]
     if process.returncode != 0 or not counts:  # a failed run's count means nothing
         failure = [line for line in lines if not line.startswith('==')][-1:] or ['no output']
@@ -617,6 +618,10 @@ def measure_counted(jobs=None):
         pairs.extend((workload, variant, ops) for variant in ('bare',) + variants)
     runs = [(w, v, n) for w, v, ops in pairs for n in (ops, 0)]
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        # Each child once without valgrind first: in a fresh environment the first
+        # import of a module writes its bytecode, tens of millions of instructions
+        # that would otherwise land in whichever of the two counted runs came first.
+        list(pool.map(lambda pair: instructions(pair[0], pair[1], 0, counted=False), pairs))
         futures = {run: pool.submit(instructions, *run) for run in runs}
     per_op = {}
     for workload, variant, ops in pairs:
