@@ -3,7 +3,7 @@
 # rabbitmq-server and redis-server.
 GRID := .ci/grid-bootstrap run
 
-.PHONY: test lint types docs grid grid-table bench demo
+.PHONY: test lint types docs grid grid-table bench bench-gate bench-budget demo
 
 test:           ## lint, types, docs and the whole grid, as CI runs it
 	.ci/test
@@ -25,6 +25,12 @@ grid-table:     ## write the last grid run's table into README.md
 
 bench:
 	$(GRID) -e bench
+
+bench-gate:     ## instruction counts against bench/budget.json; fails above +3 % (needs valgrind)
+	$(GRID) -e bench-gate
+
+bench-budget:   ## measure and rewrite bench/budget.json; review the diff and commit it
+	$(GRID) -e bench-gate -- --write-budget bench/budget.json
 
 demo:
 	python -m celery_ctxthread demo

@@ -4,6 +4,7 @@ Run from the repository root (the checkout is measured, installed or not)::
 
     python bench/bench.py            # full run: a few minutes
     python bench/bench.py --quick    # CI smoke: small N, well under a minute
+    python bench/bench.py --instructions --check bench/budget.json  # CI's gate
 
 Optional peers (``pip install -r bench/requirements.txt``): OpenTelemetry's
 ``ThreadingInstrumentor`` and Sentry's ``ThreadingIntegration``; without them
@@ -17,7 +18,9 @@ rounds, with the interquartile range.  Each group runs in its own subprocess:
 are process-wide.
 
 The targets are printed next to the measured ratios as PASS/MISS.  A timing
-never makes this script fail; only a leak found by the weakref check does.
+never makes this script fail; only a leak found by the weakref check does, and,
+with ``--instructions --check``, an instruction count more than 3 % over its
+budget in ``bench/budget.json`` (``--write-budget`` rewrites that file).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -26,6 +29,7 @@ import argparse
 import gc
 import json
 import os
+import platform
 import resource
 import shutil
 import subprocess
@@ -562,13 +566,12 @@ COUNTED = (
 )
 
 
-def instructions(workload, variant, ops):
-    """Instructions the interpreter executes for ``ops`` operations, under valgrind."""
-    command = [
-        'valgrind',
-        '--tool=cachegrind',
-        '--cache-sim=no',
-        '--cachegrind-out-file=/dev/null',
+def instructions(workload, variant, ops, counted=True):
+    """Instructions the interpreter executes for ``ops`` operations, under valgrind
+    (``counted=False``: the same run without valgrind, to warm the bytecode cache)."""
+    valgrind = ['valgrind', '--tool=cachegrind', '--cache-sim=no']
+    valgrind.append('--cachegrind-out-file=/dev/null')
+    command = (valgrind if counted else []) + [
         sys.executable,
         os.path.abspath(__file__),
         '--count',
@@ -584,6 +587,8 @@ def instructions(workload, variant, ops):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _, err = process.communicate()
     lines = err.decode('utf-8', 'replace').splitlines()
+    if not counted:
+        return None  # a failure shows in the counted runs
     counts = [line for line in lines if 'I' in line and 'refs:' in line]
     if process.returncode != 0 or not counts:  # a failed run's count means nothing
         failure = [line for line in lines if not line.startswith('==')][-1:] or ['no output']
@@ -591,29 +596,59 @@ def instructions(workload, variant, ops):
     return int(counts[0].rsplit(':', 1)[1].replace(',', ''))
 
 
-def per_operation(workload, variant, ops):
-    # Everything but the operations (start-up, imports, warm-up) cancels out.
-    return (instructions(workload, variant, ops) - instructions(workload, variant, 0)) / ops
+VARIANT_NAMES = {
+    'ours': 'celery-ctxthread',
+    'fastlocals': 'celery-ctxthread, USE_FAST_LOCALS',
+    'otel': 'OpenTelemetry',
+}
+# A variant that needs an optional peer: its row is gated only where the peer is installed.
+PEER_MODULES = {'otel': 'opentelemetry.instrumentation.threading'}
 
 
-def report_instructions():
+def measure_counted(jobs=None):
+    """``(workload, variant) -> instructions per operation`` (or the RuntimeError
+    of a failed run) for every COUNTED row and its bare, valgrind runs in parallel.
+
+    Each count is independent of the others (its own process, one hash seed),
+    so the runs only share the machine: ``jobs`` of them at a time, one per CPU
+    by default.
+    """
+    pairs = []
+    for workload, _, ops, variants in COUNTED:
+        pairs.extend((workload, variant, ops) for variant in ('bare',) + variants)
+    runs = [(w, v, n) for w, v, ops in pairs for n in (ops, 0)]
+    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        # Each child once without valgrind first: in a fresh environment the first
+        # import of a module writes its bytecode, tens of millions of instructions
+        # that would otherwise land in whichever of the two counted runs came first.
+        list(pool.map(lambda pair: instructions(pair[0], pair[1], 0, counted=False), pairs))
+        futures = {run: pool.submit(instructions, *run) for run in runs}
+    per_op = {}
+    for workload, variant, ops in pairs:
+        try:
+            # Everything but the operations (start-up, imports, warm-up) cancels out.
+            counted = futures[(workload, variant, ops)].result()
+            per_op[(workload, variant)] = (counted - futures[(workload, variant, 0)].result()) / ops
+        except RuntimeError as error:  # e.g. a peer that is not installed
+            per_op[(workload, variant)] = error
+    return per_op
+
+
+def report_instructions(per_op):
     table = Table(
         'Instructions per operation (valgrind; deterministic, unlike the timings)',
         ['workload', 'variant', 'bare', 'with it', 'overhead', 'ratio'],
     )
     update_costs = {}
-    for workload, label, ops, variants in COUNTED:
-        bare = per_operation(workload, 'bare', ops)
+    for workload, label, _, variants in COUNTED:
+        bare = per_op[(workload, 'bare')]
+        if isinstance(bare, RuntimeError):
+            raise bare
         for variant in variants:
-            name = {
-                'ours': 'celery-ctxthread',
-                'fastlocals': 'celery-ctxthread, USE_FAST_LOCALS',
-                'otel': 'OpenTelemetry',
-            }[variant]
-            try:
-                mine = per_operation(workload, variant, ops)
-            except RuntimeError as error:  # e.g. a peer that is not installed
-                table.add(label, name, '%.0f' % bare, 'not measured: %s' % error, '', '')
+            name = VARIANT_NAMES[variant]
+            mine = per_op[(workload, variant)]
+            if isinstance(mine, RuntimeError):
+                table.add(label, name, '%.0f' % bare, 'not measured: %s' % mine, '', '')
                 continue
             table.add(
                 label,
@@ -626,6 +661,133 @@ def report_instructions():
             if workload.startswith('update_'):
                 update_costs[workload[len('update_') :]] = mine - bare
     return table.render() + update_ratios(update_costs, 'instructions')
+
+
+# --------------------------------------------------------------- the instruction budget
+
+# A row may cost this much more than its budget before --check fails.
+BUDGET_TOLERANCE = 0.03
+BUDGET_ABOUT = [
+    "Instructions per operation of each bench --instructions row, 'with it' column",
+    '(bare: the same workload without propagation, for reference only). CI runs',
+    '`python bench/bench.py --instructions --check bench/budget.json` (tox env',
+    'bench-gate, `make bench-gate`) and fails when a row costs more than 3 % over',
+    'its budget here. The counts hold for the Python minor, Celery version and',
+    'machine below only; --check refuses to run anywhere else. To update after a',
+    'change that is meant to cost more (or less): `make bench-budget` rewrites',
+    'this file from a fresh measurement; commit it with the change and have the',
+    'diff reviewed.',
+]
+
+
+def interpreter_key():
+    """What a budget is measured on: the counts hold for these only."""
+    import celery
+
+    return {
+        'python': '%d.%d' % sys.version_info[:2],
+        'celery': celery.__version__,
+        'machine': platform.machine(),
+    }
+
+
+def row_key(workload, variant):
+    return '%s/%s' % (workload, variant)
+
+
+def write_budget(path, per_op):
+    rows, missing = {}, []
+    for workload, _, _, variants in COUNTED:
+        bare = per_op[(workload, 'bare')]
+        for variant in variants:
+            mine = per_op[(workload, variant)]
+            if isinstance(mine, RuntimeError):
+                missing.append('%s (%s)' % (row_key(workload, variant), mine))
+                continue
+            rows[row_key(workload, variant)] = {'with_it': round(mine), 'bare': round(bare)}
+    budget = dict(interpreter_key(), about=BUDGET_ABOUT, python_full=platform.python_version())
+    budget['rows'] = rows
+    with open(path, 'w') as out:
+        json.dump(budget, out, indent=2, sort_keys=True)
+        out.write('\n')
+    lines = ['', 'Budget written to %s: %d rows, measured on Python %s, Celery %s, %s.']
+    lines[1] %= (path, len(rows), budget['python_full'], budget['celery'], budget['machine'])
+    if missing:
+        lines.append('NOT in it (not measured, so not gated): ' + '; '.join(missing))
+    return '\n'.join(lines)
+
+
+def load_budget(path):
+    """The budget at ``path``, or a SystemExit saying why it cannot judge this run."""
+    with open(path) as source:
+        budget = json.load(source)
+    here = interpreter_key()
+    wrong = [
+        '%s %s (the budget is for %s)' % (key, here[key], budget.get(key))
+        for key in sorted(here)
+        if budget.get(key) != here[key]
+    ]
+    if wrong:
+        raise SystemExit(
+            'bench --check: refusing to judge: instruction counts differ between versions, '
+            'and this run is on %s. Run it where the budget was measured (tox env bench-gate), '
+            'or measure a new budget with --write-budget.' % ', '.join(wrong)
+        )
+    return budget
+
+
+def check_budget(path, budget, per_op):
+    """The budget table, and how many rows are over it by more than the tolerance."""
+    table = Table(
+        'Budget check against %s (fails above +%.0f %%)' % (path, BUDGET_TOLERANCE * 100),
+        ['row', 'variant', 'budget', 'measured', 'change', 'verdict'],
+    )
+    failed = 0
+    rows = budget['rows']
+    for workload, label, _, variants in COUNTED:
+        for variant in variants:
+            key, name = row_key(workload, variant), VARIANT_NAMES[variant]
+            mine = per_op[(workload, variant)]
+            if isinstance(mine, RuntimeError):
+                module = PEER_MODULES.get(variant)
+                if module and not peer_installed(module):
+                    table.add(label, name, '', '', '', 'skipped: %s not installed' % module)
+                    continue
+                failed += 1
+                table.add(label, name, '', '', '', 'FAIL: not measured: %s' % mine)
+                continue
+            if key not in rows:
+                failed += 1
+                table.add(label, name, '', '%.0f' % mine, '', 'FAIL: no budget for %s' % key)
+                continue
+            allowed = rows[key]['with_it']
+            change = mine / allowed - 1
+            if change > BUDGET_TOLERANCE:
+                failed += 1
+                verdict = 'FAIL: regression'
+            elif change < -BUDGET_TOLERANCE:
+                verdict = 'improved: consider lowering the budget'
+            else:
+                verdict = 'ok'
+            table.add(label, name, allowed, '%.0f' % mine, '%+.2f %%' % (change * 100), verdict)
+    counted = {row_key(w, v) for w, _, _, variants in COUNTED for v in variants}
+    stale = sorted(set(rows) - counted)
+    lines = [table.render()]
+    if stale:
+        lines.append('In the budget but no longer counted: %s' % ', '.join(stale))
+    lines.append(
+        'bench --check: %s' % ('%d row(s) over budget' % failed if failed else 'within budget')
+    )
+    return '\n'.join(lines), failed
+
+
+def peer_installed(module):
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
 
 
 def update_ratios(costs, unit):
@@ -860,6 +1022,23 @@ def main(argv=None):
         action='store_true',
         help='count instructions per operation under valgrind instead of timing',
     )
+    parser.add_argument(
+        '--check',
+        metavar='BUDGET',
+        help='with --instructions: fail when a row costs more than 3 %% over its budget',
+    )
+    parser.add_argument(
+        '--write-budget',
+        metavar='BUDGET',
+        nargs='?',
+        const=os.path.join(HERE, 'budget.json'),
+        help='with --instructions: write the counts as the new budget (default bench/budget.json)',
+    )
+    parser.add_argument(
+        '--jobs',
+        type=int,
+        help='with --instructions: valgrind runs at a time (default: one per CPU)',
+    )
     parser.add_argument('--child', choices=sorted(SUITES), help=argparse.SUPPRESS)
     parser.add_argument('--count', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -875,10 +1054,29 @@ def main(argv=None):
     if args.instructions:
         if not shutil.which('valgrind'):
             parser.error('--instructions needs valgrind on PATH')
+        budget = load_budget(args.check) if args.check else None  # before 5 minutes of runs
         started = time.time()
-        print(report_instructions())
+        print(
+            'Python %s, Celery %s, %s, %d parallel runs'
+            % (
+                platform.python_version(),
+                interpreter_key()['celery'],
+                platform.machine(),
+                args.jobs or os.cpu_count() or 1,
+            )
+        )
+        per_op = measure_counted(args.jobs)
+        print(report_instructions(per_op))
+        failed = 0
+        if budget is not None:
+            report, failed = check_budget(args.check, budget, per_op)
+            print('\n' + report)
+        if args.write_budget:
+            print(write_budget(args.write_budget, per_op))
         print('\n%.0f s' % (time.time() - started))
-        return 0
+        return 1 if failed else 0
+    if args.check or args.write_budget:
+        parser.error('--check and --write-budget go with --instructions')
     return parent(args.quick)
 
 
