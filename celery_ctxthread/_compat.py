@@ -19,8 +19,10 @@ TimerBase = threading.Timer if isinstance(threading.Timer, type) else threading.
 
 
 # Python 3's ThreadPoolExecutor drops a failed job's work item from the
-# traceback it keeps with the future; Python 2.7's futures backport does not.
-RELEASES_WORK_ITEMS = sys.version_info[0] >= 3
+# traceback it keeps with the future; Python 2.7's futures backport does not,
+# and from 3.14 that traceback holds the frame of the worker's
+# ``WorkerContext.run(task)``, whose locals keep the job's ``fn, args, kwargs``.
+RELEASES_WORK_ITEMS = (3, 0) <= sys.version_info[:2] < (3, 14)
 
 
 def split_fn(args, name):

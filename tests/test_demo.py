@@ -359,6 +359,38 @@ def test_celery_file_backend_loses_results_under_the_same_writers(tmpdir):
     assert _store_from_four_threads(backend, seconds=1.5) != []
 
 
+@pytest.mark.parametrize(
+    'option, value',
+    [
+        ('--delay', '-1'),
+        ('--delay', 'nan'),
+        ('--delay', 'inf'),
+        ('--delay', 'soon'),
+        ('--threads', '0'),
+        ('--threads', '2.5'),
+        ('--steps', '-3'),
+        ('--steps', 'ten'),
+    ],
+)
+def test_a_bad_number_is_an_error_naming_its_option(option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(['demo', option, value])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'error: argument %s: ' % option in error and value in error, error
+
+
+def test_good_numbers_are_taken_as_they_are():
+    args = build_parser().parse_args(['demo', '--delay', '0', '--threads', '1', '--steps', '3'])
+    assert (args.delay, args.threads, args.steps) == (0.0, 1, 3)
+
+
+def test_a_missing_redis_client_names_the_celery_extra_that_installs_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'redis', None)  # import redis raises ImportError
+    error = cli._missing_library('redis://127.0.0.1:6379/0')
+    assert error == 'the \'redis\' package is not installed (pip install "celery[redis]")'
+
+
 @pytest.mark.parametrize('args', [['--help'], ['demo', '--help']])
 def test_help(args):
     output = subprocess.check_output(
