@@ -4,7 +4,7 @@ The one place that goes below Celery's public API.  Celery 4.3 to 5.7 ship
 two flavours, chosen at import by ``USE_FAST_LOCALS``: ``_LocalStack`` (the
 default), ``{ident: {'stack': [...]}}`` in a ``Local``, whose public
 ``push``/``pop`` raise and catch ``AttributeError`` on a thread with no entry
-(about 10 us a pair: as much as the pool round trip we ride on); and
+(4-7 us a pair, twice a pair without: ``bench/stack_pair.py``); and
 ``_FastLocalStack``, a ``threading.local`` with ``push``/``pop`` bound to its list.
 
 :func:`plan` turns ``(stack, items)`` pairs into the step a snapshot runs::

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+import celery
 import pytest
 from celery import Celery, _state
 from kombu.transport import filesystem
@@ -357,6 +358,45 @@ def test_celery_file_backend_loses_results_under_the_same_writers(tmpdir):
 
     backend = _file_backend(FilesystemBackend, str(tmpdir), stall=True)
     assert _store_from_four_threads(backend, seconds=1.5) != []
+
+
+def test_the_worker_does_not_repeat_the_newer_celery_warning(tmpdir):
+    """The demo's own process has warned already; its worker's environment filters it."""
+    env = cli.Worker(cli.Urls(build_parser().parse_args(['demo']), str(tmpdir)), str(tmpdir))._env()
+    code = (
+        'import warnings; '
+        'warnings.warn(%r, RuntimeWarning); print("ran")'
+        % (cli.NEWER_CELERY_WARNING + ' 4.3 to 5.7 and ...; Celery 99.1.0 is newer')
+    )
+    output = subprocess.check_output([sys.executable, '-c', code], env=env, stderr=subprocess.STDOUT)
+    assert output.decode().strip() == 'ran'
+
+
+NEWER_CELERY = """
+import celery
+celery.VERSION = celery.VERSION._replace(major=99, minor=1)
+celery.__version__ = '99.1.0'
+"""
+
+
+@pytest.mark.skipif(celery.VERSION[:2] < (4, 4), reason='a faked 99.1 would pick the threads pool')
+def test_the_demo_shows_the_newer_celery_warning_once(tmpdir):
+    """A ``sitecustomize`` makes the demo and its worker both see a Celery 99.1."""
+    tmpdir.join('sitecustomize.py').write(NEWER_CELERY)
+    env = _env()
+    env['PYTHONPATH'] = os.pathsep.join([str(tmpdir), env['PYTHONPATH']])
+    process = subprocess.Popen(
+        DEMO + FAST + ['--no-color'], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    killer = threading.Timer(150, process.kill)
+    killer.start()
+    try:
+        out, err = process.communicate()
+    finally:
+        killer.cancel()
+    out, err = out.decode('utf-8'), err.decode('utf-8')
+    assert process.returncode == 0, out + err
+    assert (out + err).count('Celery 99.1.0 is newer') == 1, out + err
 
 
 @pytest.mark.parametrize(

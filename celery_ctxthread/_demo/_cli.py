@@ -32,6 +32,7 @@ import time
 
 import celery
 
+from celery_ctxthread._compat import NEWER_CELERY_WARNING
 from celery_ctxthread._demo import _app as demo_app
 from celery_ctxthread._demo._display import (
     READY_STATES,
@@ -368,6 +369,10 @@ class Worker(object):
         env = dict(os.environ)
         env.update(self.urls.config())
         env[demo_app.KEY_PARENT_PID] = str(os.getpid())
+        # This process has already warned about a Celery newer than the tested range, if
+        # it is one: the worker, which imports the package again, says nothing of it.
+        ignore = 'ignore:%s:RuntimeWarning' % NEWER_CELERY_WARNING
+        env['PYTHONWARNINGS'] = ','.join(w for w in (env.get('PYTHONWARNINGS'), ignore) if w)
         # The worker must import this very copy of the package.
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env['PYTHONPATH'] = os.pathsep.join([here] + [p for p in [env.get('PYTHONPATH')] if p])
