@@ -60,7 +60,10 @@ def _internal(filename):
     if filename == '<frozen runpy>':  # Python 3.11+
         return True
     path = os.path.abspath(filename)
-    return path.startswith(_PACKAGE_DIR + os.sep) or os.path.basename(path) in ('runpy.py', 'runpy.pyc')
+    return path.startswith(_PACKAGE_DIR + os.sep) or os.path.basename(path) in (
+        'runpy.py',
+        'runpy.pyc',
+    )
 
 
 def importer_stacklevel():

@@ -363,12 +363,12 @@ def test_celery_file_backend_loses_results_under_the_same_writers(tmpdir):
 def test_the_worker_does_not_repeat_the_newer_celery_warning(tmpdir):
     """The demo's own process has warned already; its worker's environment filters it."""
     env = cli.Worker(cli.Urls(build_parser().parse_args(['demo']), str(tmpdir)), str(tmpdir))._env()
-    code = (
-        'import warnings; '
-        'warnings.warn(%r, RuntimeWarning); print("ran")'
-        % (cli.NEWER_CELERY_WARNING + ' 4.3 to 5.7 and ...; Celery 99.1.0 is newer')
+    code = 'import warnings; warnings.warn(%r, RuntimeWarning); print("ran")' % (
+        cli.NEWER_CELERY_WARNING + ' 4.3 to 5.7 and ...; Celery 99.1.0 is newer'
     )
-    output = subprocess.check_output([sys.executable, '-c', code], env=env, stderr=subprocess.STDOUT)
+    output = subprocess.check_output(
+        [sys.executable, '-c', code], env=env, stderr=subprocess.STDOUT
+    )
     assert output.decode().strip() == 'ran'
 
 
@@ -386,7 +386,11 @@ def test_the_demo_shows_the_newer_celery_warning_once(tmpdir):
     env = _env()
     env['PYTHONPATH'] = os.pathsep.join([str(tmpdir), env['PYTHONPATH']])
     process = subprocess.Popen(
-        DEMO + FAST + ['--no-color'], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        DEMO + FAST + ['--no-color'],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     killer = threading.Timer(150, process.kill)
     killer.start()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
     sys.version_info < (3, 14), reason='thread_inherit_context is new in Python 3.14'
 )
 
-PROBE = '''
+PROBE = """
 import contextvars, sys, threading
 from concurrent.futures import ThreadPoolExecutor
 from celery import Celery, current_task
@@ -51,7 +51,7 @@ report.apply(args=('a',))
 report.apply(args=('b',))
 for label in sorted(seen):
     print('%%s: %%s %%s' %% ((label,) + seen[label]))
-'''
+"""
 
 
 def probe(install):

@@ -47,11 +47,20 @@ import os  # noqa
 
 @pytest.mark.parametrize(
     'statement',
-    ['import celery_ctxthread as cct', 'from celery_ctxthread import TaskThread', 'import celery_ctxthread.worker'],
+    [
+        'import celery_ctxthread as cct',
+        'from celery_ctxthread import TaskThread',
+        'import celery_ctxthread.worker',
+    ],
 )
 def test_the_newer_celery_warning_points_at_the_users_import(tmpdir, statement):
     tmpdir.join('proj_tasks.py').write(USER_MODULE % statement)
-    code = IMPORT_UNDER_CELERY.replace('import celery_ctxthread\n', 'import proj_tasks\n') % (99, 1, 99, 1)
+    code = IMPORT_UNDER_CELERY.replace('import celery_ctxthread\n', 'import proj_tasks\n') % (
+        99,
+        1,
+        99,
+        1,
+    )
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join([str(tmpdir)] + [p for p in [env.get('PYTHONPATH')] if p])
     status, output = run_bounded([sys.executable, '-c', code], 60, env=env)
@@ -98,14 +107,16 @@ def grid_pythons():
 
 
 def test_the_classifiers_name_exactly_the_grids_pythons():
-    classifiers = re.findall(r'Programming Language :: Python :: (\d\.\d+)\s*$', _read('setup.cfg'), re.M)
+    classifiers = re.findall(
+        r'Programming Language :: Python :: (\d\.\d+)\s*$', _read('setup.cfg'), re.M
+    )
     assert sorted(classifiers) == sorted(grid_pythons())
 
 
 def test_the_readme_and_python_requires_claim_the_grids_pythons():
     minors = sorted(int(v.split('.')[1]) for v in grid_pythons() if v.startswith('3.'))
     assert minors == list(range(minors[0], minors[-1] + 1)), 'a gap in the 3.x range'
-    claim = u'CPython 2.7 and 3.%d\u20133.%d' % (minors[0], minors[-1])
+    claim = 'CPython 2.7 and 3.%d\u20133.%d' % (minors[0], minors[-1])
     assert claim in _read('README.md')
     requires = re.search(r'^python_requires = (.*)$', _read('setup.cfg'), re.M).group(1)
     excluded = ['!=3.%d.*' % minor for minor in range(minors[0])]
