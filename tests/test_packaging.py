@@ -116,8 +116,9 @@ def test_the_classifiers_name_exactly_the_grids_pythons():
 def test_the_readme_and_python_requires_claim_the_grids_pythons():
     minors = sorted(int(v.split('.')[1]) for v in grid_pythons() if v.startswith('3.'))
     assert minors == list(range(minors[0], minors[-1] + 1)), 'a gap in the 3.x range'
-    claim = 'CPython 2.7 and 3.%d\u20133.%d' % (minors[0], minors[-1])
-    assert claim in _read('README.md')
+    claim = re.search(r'CPython 2\.7 and 3\.(\d+)(.)3\.(\d+)', _read('README.md'))
+    assert claim and claim.group(2) == b'\xe2\x80\x93'.decode('utf-8'), 'an en dash'
+    assert (int(claim.group(1)), int(claim.group(3))) == (minors[0], minors[-1])
     requires = re.search(r'^python_requires = (.*)$', _read('setup.cfg'), re.M).group(1)
     excluded = ['!=3.%d.*' % minor for minor in range(minors[0])]
     assert requires == ', '.join(['>=2.7'] + excluded)
