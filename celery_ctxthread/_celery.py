@@ -6,9 +6,10 @@ Celery 4.3 to 5.7 keep a thread's context in these places:
 - ``celery._state._task_stack`` and each task's ``request_stack``, both a
   ``celery.utils.threads.LocalStack``: ``_LocalStack`` (the default,
   ``{ident: {'stack': [...]}}`` in a ``Local``, whose public ``push``/``pop``
-  raise and catch ``AttributeError`` on a thread with no entry: about 3 us a
-  pair) or ``_FastLocalStack`` (a ``threading.local`` whose ``push``/``pop``
-  are bound to its list), chosen at import by ``USE_FAST_LOCALS``;
+  raise and catch ``AttributeError`` on a thread with no entry: 4-7 us a
+  pair, twice a pair without: ``bench/stack_pair.py``) or ``_FastLocalStack``
+  (a ``threading.local`` whose ``push``/``pop`` are bound to its list), chosen
+  at import by ``USE_FAST_LOCALS``;
 - ``celery._state._tls.current_app``;
 - ``app._local.backend`` (Celery 5): one result backend per thread.
 

@@ -1,5 +1,7 @@
 """The few names that differ between Python 2.7 and 3.x, and the tested Celery range."""
 
+import os
+import sys
 import warnings
 
 import celery
@@ -32,13 +34,51 @@ def set_exception(future, exc, traceback):
 
 #: The Celery releases the test grid runs: newer ones may move what we read.
 TESTED_CELERY = ((4, 3), (5, 7))
+NEWER_CELERY_WARNING = 'celery_ctxthread is tested with Celery'
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _internal(filename):
+    """A frame of this package, of the import system, or of ``runpy`` (``python -m``)."""
+    if 'importlib' in filename and '_bootstrap' in filename:
+        return True  # warnings.warn skips these itself when it counts stacklevel
+    if filename == '<frozen runpy>':  # Python 3.11+
+        return True
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR + os.sep) or os.path.basename(path) in (
+        'runpy.py',
+        'runpy.pyc',
+    )
+
+
+def importer_stacklevel():
+    """The ``stacklevel`` that points a warning at the line importing this package.
+
+    Counted from the caller of this function, over the frames that
+    ``warnings.warn`` counts (it skips the import system's own), past every
+    frame of this package: the user's ``import celery_ctxthread`` line, wherever
+    in the package the import chain reached the warning.  1 (the caller) when
+    there is no such line (``python -m celery_ctxthread``).
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _internal(filename):
+            return level
+        if not ('importlib' in filename and '_bootstrap' in filename):
+            level += 1
+        frame = frame.f_back
+    return 1
+
 
 if tuple(celery.VERSION[:2]) > TESTED_CELERY[1]:
     warnings.warn(
-        'celery_ctxthread is tested with Celery %d.%d to %d.%d and reads Celery internals '
+        NEWER_CELERY_WARNING + ' %d.%d to %d.%d and reads Celery internals '
         '(celery._state, LocalStack); Celery %s is newer: check that threads still see '
         'their task, and report what breaks'
         % (TESTED_CELERY[0] + TESTED_CELERY[1] + (celery.__version__,)),
         RuntimeWarning,
-        stacklevel=2,
+        stacklevel=importer_stacklevel(),
     )

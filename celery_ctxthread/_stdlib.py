@@ -13,14 +13,9 @@ module to check when a Python release moves them.
 import concurrent.futures
 import multiprocessing.pool
 import multiprocessing.queues
-import sys
 import threading
 
 TimerBase = threading.Timer if isinstance(threading.Timer, type) else threading._Timer
-
-# Python 3's ThreadPoolExecutor drops a failed job's work item from the
-# traceback it keeps with the future; Python 2.7's futures backport does not.
-RELEASES_WORK_ITEMS = sys.version_info[0] >= 3
 
 
 def _unwrapped(function):

@@ -32,6 +32,7 @@ import time
 
 import celery
 
+from celery_ctxthread._compat import NEWER_CELERY_WARNING
 from celery_ctxthread._demo import _app as demo_app
 from celery_ctxthread._demo._display import (
     READY_STATES,
@@ -86,7 +87,7 @@ def add_arguments(parser):
     )
     parser.add_argument(
         '--delay',
-        type=float,
+        type=_non_negative_seconds,
         default=0.15,
         metavar='SECONDS',
         help='seconds per step of the fastest thread (default: 0.15)',
@@ -100,10 +101,24 @@ def add_arguments(parser):
     return parser
 
 
+# argparse names the option in its message ("argument --delay: ..."); these say the rest.
 def _positive_int(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected a whole number, got %r' % text)
     if value < 1:
-        raise argparse.ArgumentTypeError('must be at least 1')
+        raise argparse.ArgumentTypeError('must be at least 1, got %d' % value)
+    return value
+
+
+def _non_negative_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected a number of seconds, got %r' % text)
+    if not 0 <= value < float('inf'):  # also false for nan
+        raise argparse.ArgumentTypeError('must be a finite number >= 0, got %r' % text)
     return value
 
 
@@ -212,13 +227,15 @@ def _mkdir(parent, name):
 
 
 # Client libraries that kombu and Celery import only when a URL needs them.
+# URL scheme -> (module its transport or backend imports, Celery's extra that installs it
+# with what the transport needs besides: kombu's Redis transport needs ``packaging`` too).
 LIBRARIES = {
-    'redis': 'redis',
-    'rediss': 'redis',
-    'sentinel': 'redis',
-    'sqla': 'sqlalchemy',
-    'db': 'sqlalchemy',
-    'mongodb': 'pymongo',
+    'redis': ('redis', 'redis'),
+    'rediss': ('redis', 'redis'),
+    'sentinel': ('redis', 'redis'),
+    'sqla': ('sqlalchemy', 'sqlalchemy'),
+    'db': ('sqlalchemy', 'sqlalchemy'),
+    'mongodb': ('pymongo', 'mongodb'),
 }
 
 
@@ -240,12 +257,12 @@ def _scheme(url):
 
 
 def _missing_library(url):
-    library = LIBRARIES.get(_scheme(url))
+    library, extra = LIBRARIES.get(_scheme(url), (None, None))
     if library:
         try:
             __import__(library)
         except ImportError:
-            return 'the %r package is not installed (pip install %s)' % (library, library)
+            return 'the %r package is not installed (pip install "celery[%s]")' % (library, extra)
     return None
 
 
@@ -352,6 +369,10 @@ class Worker(object):
         env = dict(os.environ)
         env.update(self.urls.config())
         env[demo_app.KEY_PARENT_PID] = str(os.getpid())
+        # This process has already warned about a Celery newer than the tested range, if
+        # it is one: the worker, which imports the package again, says nothing of it.
+        ignore = 'ignore:%s:RuntimeWarning' % NEWER_CELERY_WARNING
+        env['PYTHONWARNINGS'] = ','.join(w for w in (env.get('PYTHONWARNINGS'), ignore) if w)
         # The worker must import this very copy of the package.
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env['PYTHONPATH'] = os.pathsep.join([here] + [p for p in [env.get('PYTHONPATH')] if p])

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+import celery
 import pytest
 from celery import Celery, _state
 from kombu.transport import filesystem
@@ -50,9 +51,21 @@ def _env():
     return env
 
 
-def _popen(args):
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _popen(args, sigint=False):
+    """The demo; with ``sigint``, started with Ctrl-C's default action even where the
+    test runner's own SIGINT is ignored (a background job), so Python turns it into
+    KeyboardInterrupt."""
     return subprocess.Popen(
-        DEMO + args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        DEMO + args,
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint if sigint else None,
     )
 
 
@@ -131,7 +144,7 @@ def test_bad_url_is_one_line_and_fast(args):
 
 @posix_only
 def test_ctrl_c_stops_the_worker():
-    process = _popen(FAST[:4] + ['--delay', '0.5'])
+    process = _popen(FAST[:4] + ['--delay', '0.5'], sigint=True)
     killer = threading.Timer(120, process.kill)
     killer.start()
     try:
@@ -357,6 +370,101 @@ def test_celery_file_backend_loses_results_under_the_same_writers(tmpdir):
 
     backend = _file_backend(FilesystemBackend, str(tmpdir), stall=True)
     assert _store_from_four_threads(backend, seconds=1.5) != []
+
+
+def test_the_worker_does_not_repeat_the_newer_celery_warning(tmpdir):
+    """The demo's own process has warned already; its worker's environment filters it."""
+    env = cli.Worker(cli.Urls(build_parser().parse_args(['demo']), str(tmpdir)), str(tmpdir))._env()
+    code = 'import warnings; warnings.warn(%r, RuntimeWarning); print("ran")' % (
+        cli.NEWER_CELERY_WARNING + ' 4.3 to 5.7 and ...; Celery 99.1.0 is newer'
+    )
+    output = subprocess.check_output(
+        [sys.executable, '-c', code], env=env, stderr=subprocess.STDOUT
+    )
+    assert output.decode().strip() == 'ran'
+
+
+# A sitecustomize that makes Celery say it is 99.1 just before celery_ctxthread checks it,
+# never earlier: importing celery at start-up breaks ``python -m celery`` on Celery 5.0.
+NEWER_CELERY = """
+import sys
+
+
+class NewerCelery(object):
+    done = False  # stays in sys.meta_path: Python 2.7 fails if it leaves during a lookup
+
+    def fake(self, name):
+        if name == 'celery_ctxthread._compat' and not self.done:
+            self.done = True
+            import celery
+            celery.VERSION = celery.VERSION._replace(major=99, minor=1)
+            celery.__version__ = '99.1.0'
+
+    def find_spec(self, name, path=None, target=None):
+        self.fake(name)
+
+    def find_module(self, name, path=None):  # Python 2.7
+        self.fake(name)
+
+
+sys.meta_path.insert(0, NewerCelery())
+"""
+
+
+@pytest.mark.skipif(celery.VERSION[:2] < (4, 4), reason='a faked 99.1 would pick the threads pool')
+def test_the_demo_shows_the_newer_celery_warning_once(tmpdir):
+    """A ``sitecustomize`` makes the demo and its worker both see a Celery 99.1."""
+    tmpdir.join('sitecustomize.py').write(NEWER_CELERY)
+    env = _env()
+    env['PYTHONPATH'] = os.pathsep.join([str(tmpdir), env['PYTHONPATH']])
+    process = subprocess.Popen(
+        DEMO + FAST + ['--no-color'],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    killer = threading.Timer(150, process.kill)
+    killer.start()
+    try:
+        out, err = process.communicate()
+    finally:
+        killer.cancel()
+    out, err = out.decode('utf-8'), err.decode('utf-8')
+    assert process.returncode == 0, out + err
+    assert (out + err).count('Celery 99.1.0 is newer') == 1, out + err
+
+
+@pytest.mark.parametrize(
+    'option, value',
+    [
+        ('--delay', '-1'),
+        ('--delay', 'nan'),
+        ('--delay', 'inf'),
+        ('--delay', 'soon'),
+        ('--threads', '0'),
+        ('--threads', '2.5'),
+        ('--steps', '-3'),
+        ('--steps', 'ten'),
+    ],
+)
+def test_a_bad_number_is_an_error_naming_its_option(option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(['demo', option, value])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'error: argument %s: ' % option in error and value in error, error
+
+
+def test_good_numbers_are_taken_as_they_are():
+    args = build_parser().parse_args(['demo', '--delay', '0', '--threads', '1', '--steps', '3'])
+    assert (args.delay, args.threads, args.steps) == (0.0, 1, 3)
+
+
+def test_a_missing_redis_client_names_the_celery_extra_that_installs_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'redis', None)  # import redis raises ImportError
+    error = cli._missing_library('redis://127.0.0.1:6379/0')
+    assert error == 'the \'redis\' package is not installed (pip install "celery[redis]")'
 
 
 @pytest.mark.parametrize('args', [['--help'], ['demo', '--help']])
