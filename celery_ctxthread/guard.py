@@ -34,7 +34,7 @@ would publish the retry and the task would carry on, so it would run twice.
 What it cannot stop: a direct ``backend.store_result(...)``, which goes around
 ``update_state``.
 
-:func:`set_up` puts the wrappers in place and :func:`tear_down` takes them
+``set_up()`` puts the wrappers in place and ``tear_down()`` takes them
 out; ``celery_ctxthread`` sets the guard up when it is imported (its
 docstring says why).  The guard hooks into the core
 (``celery_ctxthread.context._capture_hooks``), never the other way round.
