@@ -11,6 +11,7 @@ import celery
 import pytest
 
 from celery_ctxthread import _compat
+from tests.conftest import REPO_DIR
 from tests.helpers.tasks_inprocess import run_bounded
 
 IMPORT_UNDER_CELERY = (
@@ -80,7 +81,7 @@ def test_the_tested_range_imports_silently():
 
 # ------------------------------------- what the grid runs is what is claimed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO_DIR
 
 
 def _read(name):
