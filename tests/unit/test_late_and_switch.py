@@ -623,3 +623,32 @@ def test_a_worker_with_a_value_it_cannot_read_refuses_to_start(work_dir):
     message = str(error.value)
     assert 'exited with' in message, message
     assert 'CELERY_CTXTHREAD_INSTALL' in message, message
+
+
+# ------------------------------------------------ the core on a pristine Celery
+
+
+def test_the_core_runs_on_a_pristine_celery_with_the_guard_taken_down():
+    """The guard depends on the core, not the other way round: taken down, Celery's
+    methods are its own again and every entry point still propagates; set up again,
+    the guard is back."""
+    from celery.backends.base import Backend
+
+    from celery_ctxthread import guard
+
+    assert guard.is_set_up()
+    guard.tear_down()
+    try:
+        assert not guard.is_set_up()
+        for owner, name in [(Task, 'update_state'), (Task, 'retry'), (Backend, 'mark_as_done')]:
+            assert not hasattr(owner.__dict__[name], '__wrapped__'), (owner, name)
+        with running(probe, 'pristine'):
+            thread_saw = []
+            thread = cct.TaskThread(target=lambda: thread_saw.append(probe.request.id))
+            thread.start()
+            thread.join(WAIT)
+            assert thread_saw == ['pristine']
+    finally:
+        guard.set_up()
+    assert guard.is_set_up()
+    assert hasattr(Task.__dict__['update_state'], '__wrapped__')
