@@ -120,4 +120,6 @@ def resources(port, collect=False):
         'backends': backends,
         'sockets': len(sockets),
         'databases': len(databases),
+        # gen 2: the full passes, which alone free a dead thread's backend cycle
+        'full_collections': gc.get_stats()[2]['collections'] if hasattr(gc, 'get_stats') else -1,
     }
