@@ -41,7 +41,7 @@ THREADS, PERIOD, DURATION = 4, 0.02, 0.3  # the straggling updaters of part 1
 LEAK_THREADS, LEAK_UPDATES = 8, 5  # the joined updaters of part 2
 # Generous: a task's updates take well under a second, never under a minute in all.
 RESULT_TIMEOUT = max(60.0, FINAL_TASKS * 0.5)
-LEAK_TIMEOUT = max(60.0, LEAK_TASKS * 0.5)
+LEAK_TIMEOUT = max(120.0, LEAK_TASKS * 0.5)
 
 POOLS = ('prefork', 'threads') if THREADS_POOL_WORKS else ('prefork',)
 # result_backend_thread_safe exists from Celery 5.3: one backend for all threads.
@@ -137,11 +137,12 @@ def test_threads_leave_no_backend_and_no_connection_behind(dedicated_worker, kin
     descriptors: every update is made, and a second after the threads ended,
     without a collection, the worker holds no more result backends and
     connections than a full collection leaves after a warm-up."""
+    concurrency = 1 if pool == 'prefork' else 4  # one process to look at
     worker = dedicated_worker(
         kind,
         pool,
         'leak',
-        concurrency=1 if pool == 'prefork' else 4,  # one process to look at
+        concurrency=concurrency,
         extra_env={'CCT_WORKER_HEAP_OBJECTS': '1000000', 'CCT_WORKER_NOFILE': '256'},
     )
     port = worker.server.port
@@ -157,9 +158,15 @@ def test_threads_leave_no_backend_and_no_connection_behind(dedicated_worker, kin
     assert made == LEAK_TASKS * LEAK_THREADS * updates
     now = {}
 
+    # Celery 5.0/5.1 store every task's final state through one backend the
+    # tracer bound at start, shared by the pool's threads: its connection pool
+    # may grow by one per pool thread, not per propagated thread.
+    slack = {'sockets': concurrency - 1} if pool == 'threads' else {}
+
     def back_to_baseline():
         now.update(_resources(worker, port))
-        return all(now[key] <= baseline[key] for key in ('backends', 'sockets', 'databases'))
+        keys = ('backends', 'sockets', 'databases')
+        return all(now[key] <= baseline[key] + slack.get(key, 0) for key in keys)
 
     # Polled for a second (each look is a task of its own: on a busy machine one
     # look may take longer than that, and then only the first look counts).
