@@ -28,6 +28,7 @@ import pytest
 from celery.result import ResultSet
 
 from tests.conftest import BACKEND_KINDS, THREADS_POOL_WORKS, _worker
+from tests.conftest import POOLS as ALL_POOLS
 from tests.helpers.servers import wait_until
 
 UNJOINED = 'cct_ftest.unjoined_updaters'
@@ -44,6 +45,11 @@ RESULT_TIMEOUT = max(60.0, FINAL_TASKS * 0.5)
 LEAK_TIMEOUT = max(120.0, LEAK_TASKS * 0.5)
 
 POOLS = ('prefork', 'threads') if THREADS_POOL_WORKS else ('prefork',)
+# The -gevent cells run the same Python and Celery as their base cell, which runs
+# these same prefork and threads workers: nothing more to learn there.
+pytestmark = pytest.mark.skipif(
+    'gevent' in ALL_POOLS, reason='the base cell of this -gevent cell runs these workers'
+)
 # result_backend_thread_safe exists from Celery 5.3: one backend for all threads.
 THREAD_SAFE = (False, True) if celery.VERSION >= (5, 3) else (False,)
 
