@@ -258,5 +258,9 @@ def test_a_warm_thread_start_and_join_runs_at_most_six_library_functions():
             sys.setprofile(None)
             threading.setprofile(None)
     names = sorted(name for _, name in called)
-    assert len(called) <= 6, names
+    # Python 3.14's thread_inherit_context: the new thread's own context is a copy of
+    # the starter's, whose variables keep_outer sets on top of the snapshot's: one more.
+    inherits = getattr(sys.flags, 'thread_inherit_context', 0) == 1
+    assert len(called) <= (7 if inherits else 6), names
+    assert inherits or '_set_then_call' not in names
     assert '__call__' in names  # the seam ran the target
