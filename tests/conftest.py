@@ -51,6 +51,9 @@ THREADS_POOL_WORKS = celery.VERSION >= (4, 4) and not FAST_LOCALS
 POOLS = ('prefork', 'solo')
 POOLS += ('threads',) if THREADS_POOL_WORKS else ()
 POOLS += tuple(pool for pool in ('gevent', 'eventlet') if _importable(pool))
+# CCT_POOLS=gevent,eventlet (the -gevent cells, whose base cell runs the others): only those.
+if os.environ.get('CCT_POOLS'):
+    POOLS = tuple(pool for pool in POOLS if pool in os.environ['CCT_POOLS'].split(','))
 # Pools that run two tasks at once (the shared-executor test needs that).
 CONCURRENT_POOLS = tuple(pool for pool in POOLS if pool != 'solo')
 BACKEND_KINDS = ('rabbitmq', 'redis', 'sqlite')

@@ -134,9 +134,6 @@ def _run_joined(worker, tasks, updates):
     return made, errors
 
 
-@pytest.mark.skipif(
-    celery.VERSION < (5, 0), reason='Celery 4 has one result backend for every thread of the app'
-)
 def _leak_params():
     # Celery 5.0/5.1 threads pool: the tracer stores every final state through one
     # backend bound at start, shared by the pool's threads; there this test timed
@@ -157,6 +154,9 @@ def _leak_params():
 
 
 @pytest.mark.parametrize('kind, pool', _leak_params())
+@pytest.mark.skipif(
+    celery.VERSION < (5, 0), reason='Celery 4 has one result backend for every thread of the app'
+)
 def test_threads_leave_no_backend_and_no_connection_behind(dedicated_worker, kind, pool):
     """A large heap (the collector's full passes grow rare) and 256 file
     descriptors: every update is made, and a second after the threads ended,
