@@ -198,9 +198,14 @@ def fails_a_job(self, pool):
 
 
 @app.task(bind=True, name='cct_late.updates_in_flight')
-def updates_in_flight(self, straggler):
-    """Start ``straggler`` and return once its update is in flight (inside the store)."""
+def updates_in_flight(self, straggler, in_store):
+    """Start ``straggler`` and return once its update is in flight (inside the store).
+
+    Waiting for ``in_store`` matters: returning as soon as the thread has started
+    lets the final store win the race now and then, and the update is dropped.
+    """
     straggler.start(self)
+    assert in_store.wait(WAIT), 'the straggler did not reach the store within %d s' % WAIT
     return 'returned'
 
 
@@ -359,7 +364,7 @@ def test_the_final_store_waits_for_an_update_in_flight_and_lands_last(monkeypatc
     releaser.start()
     # In this thread, as the other tests: with USE_FAST_LOCALS Celery's tracer
     # pushes onto the stacks of the thread that built it.
-    task_id = traced(updates_in_flight, straggler)
+    task_id = traced(updates_in_flight, straggler, held.entered)
     releaser.join(WAIT)
     assert seen == {'entered': True, 'success_before_release': False}, seen
     assert straggler.done.wait(WAIT) and straggler.errors == []
