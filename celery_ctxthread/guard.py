@@ -54,9 +54,12 @@ from celery_ctxthread import _celery, _patching, context
 
 _logger = logging.getLogger(__name__)
 
-# Captured requests -> their _Watch.  Kept off the request itself: Celery 5.5+
-# copies a request's __dict__ into nested requests and their message headers.
-_watched = weakref.WeakKeyDictionary()
+# id(captured request) -> (_RequestRef to it, its _Watch).  Kept off the request
+# itself: Celery 5.5+ copies a request's __dict__ into nested requests and their
+# message headers.  Keyed by id, not a WeakKeyDictionary: a look-up is by
+# identity alone and builds no weak reference (every capture and every update
+# looks its request up), and nobody's __eq__ or __hash__ runs.
+_watched = {}
 _lock = threading.Lock()
 _applied = []  # the MethodPatch objects while set up
 
@@ -82,15 +85,36 @@ class _Watch(object):
         return self.ended or self.owner() is not threading.current_thread()
 
 
+class _RequestRef(weakref.ref):
+    """A weak reference to a watched request that knows its key in ``_watched``."""
+
+    __slots__ = ('key',)
+
+    def __init__(self, request, callback):
+        super(_RequestRef, self).__init__(request, callback)
+        self.key = id(request)
+
+
+def _forget(request_ref):
+    # Called as the request is freed, before its id can be reused, so nobody
+    # else can be writing this key.  No lock: a collection may call this in
+    # any thread, one that holds _lock in watch() included.
+    entry = _watched.get(request_ref.key)
+    if entry is not None and entry[0] is request_ref:
+        _watched.pop(request_ref.key, None)
+
+
 def watch(task, request):
     """Note that ``task``'s context, with ``request``, was captured in the current thread."""
     if _watch_of(request) is None:
         seat = _celery.task_backend_seat(_app_of(task))  # once per task run, not per capture
+        try:
+            request_ref = _RequestRef(request, _forget)
+        except TypeError:  # not weakly referable: such a request cannot be guarded
+            return
         with _lock:
-            try:
-                _watched.setdefault(request, _Watch(threading.current_thread(), seat))
-            except TypeError:  # not weakly referable: such a request cannot be guarded
-                pass
+            if _watch_of(request) is None:
+                _watched[id(request)] = (request_ref, _Watch(threading.current_thread(), seat))
 
 
 def _app_of(task):
@@ -101,10 +125,11 @@ def _app_of(task):
 
 
 def _watch_of(request):
-    try:
-        return _watched.get(request)
-    except TypeError:  # not weakly referable (Celery's worker-side Request): never captured
-        return None
+    """``request``'s _Watch, or None: never captured (or not weakly referable)."""
+    entry = _watched.get(id(request))
+    if entry is not None and entry[0]() is request:
+        return entry[1]
+    return None
 
 
 def set_up():

@@ -385,6 +385,35 @@ def test_the_final_store_never_waits_for_a_thread_that_is_merely_alive(warnings_
     assert stored(task_id)['status'] == 'SUCCESS'
 
 
+def test_the_guard_forgets_a_freed_request_even_while_its_lock_is_held():
+    """The guard's record of a captured request goes with the request, and its
+    clean-up takes no lock: a collection may free a request in a thread that
+    holds the guard's lock (inside watch()), which must not deadlock."""
+    from celery.app.task import Context
+
+    from celery_ctxthread import guard
+
+    requests = [Context(id='freed-%d' % n) for n in range(3)]
+    for request in requests:
+        guard.watch(probe, request)
+    keys = [id(request) for request in requests]
+    assert all(guard._watch_of(request) is not None for request in requests)
+    del request
+    freed = []
+
+    def free_under_the_lock():
+        with guard._lock:
+            del requests[:]  # the last references: each record's clean-up runs here
+        freed.append(True)
+
+    freer = threading.Thread(target=free_under_the_lock)
+    freer.daemon = True  # if it deadlocks, the test fails and the process still ends
+    freer.start()
+    freer.join(WAIT)
+    assert freed == [True], 'freeing a watched request under the guard lock deadlocked'
+    assert [key for key in keys if key in guard._watched] == []
+
+
 @pytest.mark.skipif(celery.VERSION < (5, 0), reason='Celery 4 has one backend for every thread')
 def test_a_tasks_threads_and_jobs_store_through_its_backend_and_keep_none(monkeypatch):
     """Celery 5 keeps app.backend per thread: the task's threads and jobs store
