@@ -27,6 +27,20 @@ Nothing else at import changes Celery or the standard library.
 from celery_ctxthread import guard, worker
 from celery_ctxthread.context import TaskContext, capture, wrap
 from celery_ctxthread.futures import TaskThreadPoolExecutor, submit
+from celery_ctxthread.lifecycle import (
+    CANCELLED_BY_HAND,
+    FAILED,
+    REASONS,
+    RETURNED,
+    REVOKED,
+    SOFT_TIME_LIMIT,
+    WORKER_SHUTDOWN,
+    TaskOver,
+    cancel,
+    cancelled,
+    checkpoint,
+    wait_cancelled,
+)
 from celery_ctxthread.patch import install, installed, uninstall
 from celery_ctxthread.threads import TaskThread, TaskTimer, opt_out
 
@@ -36,15 +50,27 @@ guard.set_up()
 worker.connect()
 
 __all__ = [
+    'CANCELLED_BY_HAND',
+    'FAILED',
+    'REASONS',
+    'RETURNED',
+    'REVOKED',
+    'SOFT_TIME_LIMIT',
+    'WORKER_SHUTDOWN',
     'TaskContext',
+    'TaskOver',
     'TaskThread',
     'TaskThreadPoolExecutor',
     'TaskTimer',
+    'cancel',
+    'cancelled',
     'capture',
+    'checkpoint',
     'install',
     'installed',
     'opt_out',
     'submit',
     'uninstall',
+    'wait_cancelled',
     'wrap',
 ]
