@@ -24,16 +24,18 @@ from celery_ctxthread.context import _EMPTY, _CallInContext, capture
 from celery_ctxthread.threads import TaskThread
 
 
-def _submit_in_context(submit, args, kwargs):
+def _submit_in_context(submit, args, kwargs, outlive=False):
     """Call ``submit(fn, *rest, **kwargs)`` with ``fn`` bound to the caller's context.
 
     ``submit`` is bound to the executor, ``args`` is ``(fn, *rest)``: ``fn``
     is positional-only, as in the stdlib, so a job may take a keyword argument
     named ``fn``.  The threads ``submit`` starts are the pool's own, never the task's.
+    Unless ``outlive``, the job's future is cancelled if its task is over before it starts.
     """
     if not args:  # the stdlib raises its own TypeError
         return submit(*args, **kwargs)
-    if type(args[0]) is not _CallInContext:  # else bound already, by our map()
+    job = args[0]
+    if type(job) is not _CallInContext:  # else bound already, by our map()
         context = capture()
         if context is _EMPTY:
             # Nothing to propagate: a worker thread this submit() starts would
@@ -42,14 +44,18 @@ def _submit_in_context(submit, args, kwargs):
         # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our
         # job: what they set for it stays set on top of the snapshot.
         keep_outer = wrapped_by_others(submit)
-        job = _CallInContext(context, args[0], args[1:], kwargs, True, keep_outer)  # once
+        job = _CallInContext(context, job, args[1:], kwargs, True, keep_outer)  # once
         args, kwargs = (job,), {}
+    record = None if outlive else job.context._tasks.record
     # run_as_pool_code(submit, args, kwargs), inline: one call less per job.
     was_active, pool_code.active = pool_code.active, True
     try:
-        return submit(*args, **kwargs)
+        future = submit(*args, **kwargs)
     finally:
         pool_code.active = was_active
+    if record is not None:
+        record.hold(future)  # a dead task's queue must not delay other tasks' jobs
+    return future
 
 
 class TaskThreadPoolExecutor(ThreadPoolExecutor):
@@ -60,11 +66,26 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
     subclasses used to touch.  ``submit`` calls whatever
     ``ThreadPoolExecutor.submit`` is when it runs, so wrappers that Sentry or
     OpenTelemetry put there apply to our jobs too.
+
+    A job whose task is over before the job starts never runs: its future is
+    cancelled, so a dead task's queue never delays another task's jobs.
+    ``jobs_outlive_task=True`` (a keyword argument) runs them all the same::
+
+        pool = cct.TaskThreadPoolExecutor(max_workers=4, jobs_outlive_task=True)
     """
+
+    _jobs_outlive_task = False
+
+    def __init__(self, *args, **kwargs):
+        # Popped, not a keyword-only parameter: this source runs on Python 2.7 too.
+        self._jobs_outlive_task = bool(kwargs.pop('jobs_outlive_task', False))
+        super(TaskThreadPoolExecutor, self).__init__(*args, **kwargs)
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
         self, args = split_fn(args, 'submit')
-        return _submit_in_context(super(TaskThreadPoolExecutor, self).submit, args, kwargs)
+        return _submit_in_context(
+            super(TaskThreadPoolExecutor, self).submit, args, kwargs, self._jobs_outlive_task
+        )
 
     submit.__doc__ = ThreadPoolExecutor.submit.__doc__
 

@@ -276,3 +276,68 @@ class _NoThread(object):
     def start(self):
         pass
 
+
+# ------------------------------------------------- queued jobs of an over task
+
+
+@app.task(bind=True, name='cct_life.queues_and_fails')
+def queues_and_fails(self, pool, jobs, seconds, kept):
+    """Queue ``jobs`` jobs of ``seconds`` each on ``pool``, then fail without waiting."""
+    kept.extend(pool.submit(_sleep_and_look, seconds) for _ in range(jobs))
+    raise RuntimeError('failing with jobs queued')
+
+
+@app.task(bind=True, name='cct_life.one_job')
+def one_job(self, pool):
+    """Submit one job; return how long it waited to start."""
+    submitted = time.time()
+    return pool.submit(time.time).result(WAIT) - submitted
+
+
+def _sleep_and_look(seconds):
+    time.sleep(seconds)
+    return cct.cancelled()
+
+
+TRACERS.update(
+    (name, build_tracer(name, app.tasks[name], app=app, eager=False, propagate=False))
+    for name in ('cct_life.queues_and_fails', 'cct_life.one_job')
+)
+
+
+def test_queued_jobs_of_a_failed_task_never_run():
+    """Six queued 1-s jobs of a failed task on a two-worker pool: the next task's job
+    starts within 1 s (3 s if they all ran); the two already running see cancelled()."""
+    pool, kept = cct.TaskThreadPoolExecutor(max_workers=2), []
+    try:
+        traced(queues_and_fails, pool, 6, 1.0, kept)
+        task_id = traced(one_job, pool)
+        waited = app.backend.get_task_meta(task_id)['result']
+        assert waited <= 1.0, 'the next task waited %.2f s' % waited
+        cancelled = [future for future in kept if future.cancelled()]
+        assert len(cancelled) == 4
+        running = [future.result(WAIT) for future in kept if not future.cancelled()]
+        assert running == [True, True]  # they saw their task over when they woke
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_jobs_outlive_their_task_when_asked():
+    pool, kept = cct.TaskThreadPoolExecutor(max_workers=2, jobs_outlive_task=True), []
+    try:
+        traced(queues_and_fails, pool, 6, 0.1, kept)
+        assert [future.result(WAIT) for future in kept] == [True] * 6  # ran, and saw it over
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_a_job_submitted_after_its_task_is_over_is_cancelled():
+    pool, kept = cct.TaskThreadPoolExecutor(max_workers=1), []
+    try:
+        traced(keeps_a_callback, kept)
+        blocker = pool.submit(time.sleep, 0.3)  # outside any task: runs
+        late = kept[1].run(pool.submit, time.time)  # submitted from the over task's context
+        assert late.cancelled()
+        assert blocker.result(WAIT) is None
+    finally:
+        pool.shutdown(wait=True)
