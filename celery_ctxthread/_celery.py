@@ -39,6 +39,13 @@ _TASK_LOCAL = TASK_STACK._local if type(TASK_STACK) is _LocalStack else None
 APP_LOCAL = _state._tls
 #: Where a thread's newest snapshot is kept: its entry in the task stack (see ``read_tasks``).
 NEWEST_SNAPSHOT = 'celery_ctxthread.snapshot'
+#: Where a run under a snapshot keeps its task's lifecycle record: the entry
+#: the pusher gives the thread in the task stack (``_LocalStack``), which goes
+#: with the run.
+ACTIVE_RECORD = 'celery_ctxthread_record'  # an identifier: interned, hashed once
+_TASK_STORAGE = _TASK_LOCAL.__storage__ if _TASK_LOCAL is not None else None
+# Celery's (a greenlet where greenlet is importable), as the task stack's entries are keyed.
+_get_ident = _TASK_LOCAL.__ident_func__ if _TASK_LOCAL is not None else _celery_threads.get_ident
 
 
 def read_tasks():
@@ -77,17 +84,49 @@ def read_tasks():
     return tasks, top_requests, thread_entry
 
 
+def active_record(record_of):
+    """The lifecycle record of the task whose context this thread runs in, or None.
+
+    With ``_LocalStack`` (the default), the entry a run's pusher made in the
+    task stack holds it (``ACTIVE_RECORD``): one lookup, and nothing to restore.
+    Elsewhere, ``record_of(request)`` for the request on top of the top task's
+    stack (the caller tells the task's own thread apart).
+    """
+    if _TASK_STORAGE is not None:
+        entry = _TASK_STORAGE.get(_get_ident())
+        return entry.get(ACTIVE_RECORD) if entry is not None else None
+    tasks = TASK_STACK.stack
+    if not tasks:
+        return None
+    requests = getattr(tasks[-1], 'request_stack', None)
+    requests = requests.stack if requests is not None else None
+    return record_of(requests[-1]) if requests else None
+
+
+def active_entry_lookup():
+    """``(entry_of, ident)``: ``entry_of(ident()).get(ACTIVE_RECORD)`` is what
+    :func:`active_record` reads, for a caller that cannot afford its call (a
+    cooperative loop asks every turn); ``(None, None)`` where the records are
+    found by request."""
+    if _TASK_STORAGE is None:
+        return None, None
+    return _TASK_STORAGE.get, _get_ident
+
+
 class _LocalStackPusher(object):
     """Pushes onto ``_LocalStack``\\ s: replaces the thread's entry in each with
     one holding the longer list, then puts the saved entry back (or deletes the
     new one): whatever the target did in between goes with it.
-    ``_LocalStack`` looks its entry up on every call, so nobody holds the old one."""
+    ``_LocalStack`` looks its entry up on every call, so nobody holds the old one.
+    The new entry in the task stack also holds the run's lifecycle record: set
+    and restored with the entry, for nothing."""
 
-    __slots__ = ('ident_func', 'parts')
+    __slots__ = ('ident_func', 'parts', 'record')
 
-    def __init__(self, ident_func, parts):
+    def __init__(self, ident_func, parts, record=None):
         self.ident_func = ident_func  # Celery's locals all share one
-        self.parts = parts  # ((storage, items as a list), ...)
+        self.parts = parts  # ((storage, items as a list), ...), the task stack's last
+        self.record = record
 
     def call(self, app, fn, args, kwargs):
         ident = self.ident_func()
@@ -104,7 +143,10 @@ class _LocalStackPusher(object):
                 if items:  # pushing nothing must not create an entry: pop() differs
                     # A new list each time: runs in several threads share `items`.
                     new_stack = (entry.get('stack') or []) + items if entry else items[:]
-                    storage[ident] = {'stack': new_stack}
+                    storage[ident] = new_entry = {'stack': new_stack}
+            # The task stack's entry, made last (see pusher_for), names the record:
+            # restored with the entry, for nothing.
+            new_entry[ACTIVE_RECORD] = self.record
             return fn(*args, **kwargs)
         finally:
             for storage, entry in saved:
@@ -115,7 +157,7 @@ class _LocalStackPusher(object):
             APP_LOCAL.current_app = previous_app
             # Let go of all it holds: see _released.
             self = app = fn = args = kwargs = saved = storage = entry = items = new_stack = None
-            previous_app = None
+            previous_app = new_entry = None
 
 
 class _FastLocalStackPusher(object):
@@ -124,8 +166,8 @@ class _FastLocalStackPusher(object):
 
     __slots__ = ('parts',)
 
-    def __init__(self, parts):
-        self.parts = parts  # ((stack, items), ...)
+    def __init__(self, parts, record=None):
+        self.parts = parts  # ((stack, items), ...); record: found by request instead
 
     def call(self, app, fn, args, kwargs):
         saved = []
@@ -175,8 +217,9 @@ class _PublicApiPusher(_FastLocalStackPusher):
 # each ``call`` lets go of all it holds before it returns or raises.
 
 
-def pusher_for(pairs):
-    """The one pusher that pushes each ``(stack, items)`` pair's items."""
+def pusher_for(pairs, record=None):
+    """The one pusher that pushes each ``(stack, items)`` pair's items (the task
+    stack's first), and makes ``record`` active for :func:`active_record`."""
     ident_funcs, by_entry, fast, public = set(), [], 0, []
     for stack, items in pairs:
         if type(stack) is _LocalStack:
@@ -185,8 +228,10 @@ def pusher_for(pairs):
         fast += type(stack) is _FastLocalStack
         public.append((stack, tuple(items)))
     if len(by_entry) == len(pairs) and len(ident_funcs) == 1:  # Celery's locals share one
-        return _LocalStackPusher(ident_funcs.pop(), tuple(by_entry))
-    return (_FastLocalStackPusher if fast == len(pairs) else _PublicApiPusher)(tuple(public))
+        # The task stack last: its new entry is the one call() keeps the record in.
+        return _LocalStackPusher(ident_funcs.pop(), tuple(by_entry[1:] + by_entry[:1]), record)
+    kind = _FastLocalStackPusher if fast == len(pairs) else _PublicApiPusher
+    return kind(tuple(public), record)
 
 
 def task_backend_seat(app):

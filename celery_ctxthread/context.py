@@ -33,9 +33,6 @@ from celery_ctxthread import _celery, lifecycle
 from celery_ctxthread._compat import copy_context
 
 _APP_LOCAL = _celery.APP_LOCAL
-# The record of the task a thread runs in, set for the duration of each run:
-# what lifecycle.cancelled() reads.
-_ACTIVE = lifecycle._ACTIVE
 
 #: Called with ``(task, request)`` for each task a new snapshot captures, in
 #: the task's own thread (the late-update guard's ``watch``, while it is set up).
@@ -85,12 +82,7 @@ class TaskContext(object):
             return fn(*args, **kwargs)
         if contextvars is not None:  # as in _CallInContext.__call__, with nothing to keep
             args, fn = (fn,) + args, contextvars.copy().run
-        active = _ACTIVE
-        outer_record, active.record = active.record, tasks.record
-        try:
-            return tasks.pusher.call(tasks.app, fn, args, kwargs)
-        finally:
-            active.record = outer_record
+        return tasks.pusher.call(tasks.app, fn, args, kwargs)
 
     def __repr__(self):
         task = self._tasks.task
@@ -134,12 +126,9 @@ class _CallInContext(object):
             kwargs = dict(kwargs, **more_kwargs)
         tasks, contextvars = context._tasks, context._contextvars
         pusher = tasks.pusher
-        active = outer_record = None
         try:
             if pusher is None:  # outside any task: exactly the call
                 return fn(*args, **kwargs)
-            active = _ACTIVE
-            outer_record, active.record = active.record, tasks.record
             if contextvars is not None:
                 outer = copy_context() if self.keep_outer else None
                 if outer:
@@ -147,12 +136,10 @@ class _CallInContext(object):
                 args, fn = (fn,) + args, contextvars.copy().run
             return pusher.call(tasks.app, fn, args, kwargs)
         finally:
-            if active is not None:
-                active.record = outer_record
             # A failed job's traceback keeps this frame (the stdlib's executor
             # keeps it with the future): let it keep nothing of the task.
             self = context = tasks = contextvars = pusher = fn = args = kwargs = None
-            more_args = more_kwargs = active = outer_record = None
+            more_args = more_kwargs = None
 
     @property
     def __func__(self):
@@ -179,10 +166,12 @@ class _CapturedTasks(object):
     def __init__(self, identity, tasks, top_requests):
         self.identity, self.app = identity, identity[0]
         self.task = tasks[-1] if tasks else None
-        self.request = top_requests[-1] if tasks else None
-        self.pusher = _celery.pusher_for(_pushes(tasks, top_requests)) if tasks else None
-        # The top task run's lifecycle record: None without a request (nothing ends it).
-        self.record = lifecycle.record_for(self.request) if self.request is not None else None
+        self.request = request = top_requests[-1] if tasks else None
+        # The top task run's lifecycle record (none without a request: nothing ends
+        # it); each run under this snapshot makes it active for cancelled().
+        self.record = lifecycle.record_for(request) if request is not None else None
+        pushes = _pushes(tasks, top_requests) if tasks else None
+        self.pusher = _celery.pusher_for(pushes, self.record) if tasks else None
         for task, request in zip(tasks, top_requests):
             if request is not None:
                 for hook in _capture_hooks:

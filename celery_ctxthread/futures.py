@@ -17,6 +17,7 @@ worker threads carry none between jobs.
 
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from weakref import ref as _weakref
 
 from celery_ctxthread._compat import set_exception, split_fn
 from celery_ctxthread._install_state import pool_code, wrapped_by_others
@@ -53,8 +54,13 @@ def _submit_in_context(submit, args, kwargs, outlive=False):
         future = submit(*args, **kwargs)
     finally:
         pool_code.active = was_active
-    if record is not None:
-        record.hold(future)  # a dead task's queue must not delay other tasks' jobs
+    if record is not None:  # a dead task's queue must not delay other tasks' jobs
+        futures = record.futures
+        futures.append(_weakref(future))  # inline, as the thread's: see _TaskLife.end
+        if record.over:  # it ended while we submitted
+            future.cancel()
+        elif len(futures) > record.prune_at:
+            record.prune()
     return future
 
 

@@ -29,9 +29,10 @@ Only the threads the task propagated its context to are told, and only about
 their own task: the task's own thread, other tasks' threads and threads
 outside any task always see ``cancelled() == False``.
 
-Each captured task run has one record (``_TaskLife``); a thread running in
-its context reaches it from the thread-local the core sets for the duration
-of the run, so ``cancelled()`` is two attribute reads.
+Each captured task run has one record (``_TaskLife``), found when its
+context is captured; every run under the snapshot makes it active on its
+thread where the run's task stack entry is (``_celery.active_record``), so
+``cancelled()`` is two lookups and an attribute read.
 """
 
 import logging
@@ -40,6 +41,7 @@ import time
 import weakref
 
 from celery_ctxthread import _celery
+from celery_ctxthread._stdlib import not_done
 
 _logger = logging.getLogger(__name__)
 
@@ -92,19 +94,27 @@ class TaskOver(Exception):
         return (TaskOver, (self.reason, self.task_id))
 
 
-class _Active(threading.local):
-    """The record of the task whose context the current thread runs in, or None."""
-
-    record = None
-
-
-_ACTIVE = _Active()
+# A task that starts or submits more than this many drops the finished ones.
+_PRUNE_AT = 1000
 
 
 class _TaskLife(object):
     """One captured task run: whether it is over, and what it left running."""
 
-    __slots__ = ('__weakref__', 'event', 'futures', 'lock', 'over', 'reason', 'task_id', 'threads')
+    __slots__ = (
+        '__weakref__',
+        'ended',
+        'event',
+        'futures',
+        'joined',
+        'lock',
+        'over',
+        'owner',
+        'prune_at',
+        'reason',
+        'task_id',
+        'threads',
+    )
 
     def __init__(self, task_id):
         self.task_id = task_id
@@ -115,8 +125,16 @@ class _TaskLife(object):
         # Re-entrant: a soft time limit's signal handler may end the task while
         # its own thread holds the lock.
         self.lock = threading.RLock()
-        self.threads = weakref.WeakSet()  # the task's propagated threads: never kept alive
-        self.futures = weakref.WeakSet()  # its executor jobs not yet started
+        # Appended without the lock (one step under the GIL), so that a start()
+        # or submit() pays next to nothing:
+        self.threads = []  # weak references to the threads started in its context
+        self.futures = []  # weak references to its executor jobs' futures
+        self.prune_at = _PRUNE_AT  # more threads or futures than this: prune()
+        self.joined = False  # the bounded join at its end is done (once: it is bounded)
+        # The task's own thread (the first to capture its context) is not told,
+        # until the task has returned (a wrap()ped callback run there later is).
+        self.owner = weakref.ref(threading.current_thread())
+        self.ended = False
 
     def end(self, reason):
         """Mark the task over with ``reason`` (the first reason wins); cancel its queued jobs."""
@@ -124,31 +142,37 @@ class _TaskLife(object):
             if self.over:
                 return False
             self.reason = reason
-            self.over = True
-            futures, self.futures = list(self.futures), weakref.WeakSet()
+            self.over = True  # before the futures are read: a submit() after this cancels its own
+            futures, self.futures = self.futures, []
         self.event.set()
-        for future in futures:
-            future.cancel()  # refused by a job already running: it sees cancelled()
+        for ref in futures:
+            future = ref()
+            if future is not None:
+                future.cancel()  # refused by a job already running: it sees cancelled()
         return True
 
-    def hold(self, future):
-        """Cancel ``future`` if the task is (or becomes) over before its job starts."""
+    def prune(self):
+        """Drop the references to finished threads and jobs, keeping what may still run;
+        the next prune comes when what is kept has doubled (amortised: O(1) a start)."""
         with self.lock:
-            if not self.over:
-                self.futures.add(future)
-                return
-        future.cancel()
-
-    def add_thread(self, thread):
-        with self.lock:
-            self.threads.add(thread)
+            self.threads = [ref for ref in self.threads if _alive(ref())]
+            self.futures = [ref for ref in self.futures if _pending(ref())]
+            self.prune_at = max(_PRUNE_AT, 2 * max(len(self.threads), len(self.futures)))
 
     def alive_threads(self):
-        """The task's propagated threads still alive, but the calling one."""
-        with self.lock:
-            threads = list(self.threads)
+        """The task's threads still alive, but the calling one."""
         current = threading.current_thread()
-        return [t for t in threads if t is not current and t.is_alive()]
+        threads = (ref() for ref in list(self.threads))
+        return [t for t in threads if t is not None and t is not current and t.is_alive()]
+
+
+def _alive(thread):
+    # Not started yet counts too: its start() appended it just before starting it.
+    return thread is not None and (thread.is_alive() or thread.ident is None)
+
+
+def _pending(future):
+    return future is not None and not_done(future)
 
 
 # Captured requests -> their record, and task ids -> the same records.
@@ -157,11 +181,50 @@ _by_id = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 
 
+def _told_record(request):
+    """The record of ``request`` if the calling thread is to be told about it (see
+    ``_celery.active_record``, where the stack flavour keeps no active record)."""
+    record = _record_of(request)
+    if record is None or not record.over or record.ended:
+        return record
+    return None if record.owner() is threading.current_thread() else record
+
+
+_find_active = _celery.active_record
+# cancelled() and checkpoint() read the active record inline where they can: a
+# loop asks every turn, and a call more is a third of their cost.
+_entry_of, _ident = _celery.active_entry_lookup()
+_KEY = _celery.ACTIVE_RECORD
+
+
+def _active_record():
+    return _find_active(_told_record)
+
+
+# The last request looked up and its record: a task capturing in a loop (each
+# start(), each submit()) finds its record without a weak dictionary lookup.
+_last = (lambda: None, None)
+
+
 def record_for(request):
     """The record of the task run with ``request`` (made on its first capture)."""
-    record = _record_of(request)
-    if record is not None:
-        return record
+    last = _last
+    if last[0]() is request:
+        return last[1]
+    record = _record_of(request) or _new_record(request)
+    _remember(request, record)
+    return record
+
+
+def _remember(request, record):
+    global _last
+    try:
+        _last = (weakref.ref(request), record)
+    except TypeError:  # not weakly referable
+        pass
+
+
+def _new_record(request):
     with _registry_lock:
         record = _TaskLife(getattr(request, 'id', None))
         try:
@@ -200,13 +263,21 @@ def cancelled():
         while not cct.cancelled():
             do_work()
     """
-    record = _ACTIVE.record
+    if _entry_of is None:
+        record = _find_active(_told_record)
+    else:
+        entry = _entry_of(_ident())
+        record = entry.get(_KEY) if entry is not None else None
     return record is not None and record.over
 
 
 def checkpoint():
     """Raise :class:`TaskOver` once :func:`cancelled` would return True; else do nothing."""
-    record = _ACTIVE.record
+    if _entry_of is None:
+        record = _find_active(_told_record)
+    else:  # as cancelled()
+        entry = _entry_of(_ident())
+        record = entry.get(_KEY) if entry is not None else None
     if record is not None and record.over:
         raise TaskOver(record.reason, record.task_id)
 
@@ -222,7 +293,7 @@ def wait_cancelled(timeout=None):
     Outside any task nothing can end the wait: it is ``time.sleep(timeout)``
     (forever when ``timeout`` is None), returning False.
     """
-    record = _ACTIVE.record
+    record = _active_record()
     if record is None:
         return threading.Event().wait(timeout) and False
     return record.event.wait(timeout) or record.over
@@ -244,7 +315,7 @@ def cancel(task_id=None, reason=CANCELLED_BY_HAND):
     if reason not in REASONS:
         raise ValueError('cancel(): reason must be one of %s, got %r' % (REASONS, reason))
     if task_id is None:
-        return _end(_ACTIVE.record or _own_record(), reason)
+        return _end(_active_record() or _own_record(), reason)
     return _end(_by_id.get(task_id), reason)
 
 
@@ -277,14 +348,19 @@ def before_final_store(request, reason, app):
     if record is None:
         return
     record.end(reason)
+    _join_once(record, app)
+
+
+def _join_once(record, app):
+    """Wait up to ``ctxthread_join_timeout`` seconds for the task's threads, once."""
+    if record.joined:
+        return
+    record.joined = True
     timeout = _setting(app, JOIN_TIMEOUT_SETTING, None)
-    if timeout:
-        _join(record.alive_threads(), float(timeout))
-
-
-def _join(threads, timeout):
-    deadline = time.time() + timeout
-    for thread in threads:
+    if not timeout:
+        return
+    deadline = time.time() + float(timeout)
+    for thread in record.alive_threads():
         left = deadline - time.time()
         if left <= 0:
             break
@@ -297,6 +373,8 @@ def at_postrun(request, state, app):
     if record is None:
         return
     record.end(RETURNED if state == 'SUCCESS' else FAILED)
+    record.ended = True
+    _join_once(record, app)  # where nothing was stored, this is the task's end
     if not _setting(app, WARN_STRAGGLERS_SETTING, True):
         return
     alive = record.alive_threads()
