@@ -312,3 +312,61 @@ def final_store_reader(store):
         return request, stores
 
     return read
+
+
+# ------------------------------------------------- where a worker ends its tasks
+
+
+def chain_soft_time_limit(before):
+    """In a prefork child: call ``before()`` first when the soft time limit fires.
+
+    billiard's child installs ``soft_timeout_sighandler`` for its soft-timeout
+    signal (SIGUSR1) after or before ``worker_process_init``, by version
+    (billiard 4.3 after), so the caller chains when a task first captures its
+    context; ours calls ``before()``, then billiard's, which raises
+    ``SoftTimeLimitExceeded`` in the task.
+    Anywhere else (no such handler installed: solo, threads, green pools) it
+    changes nothing.  Returns whether it chained.
+    """
+    import signal
+
+    from billiard import pool as billiard_pool
+
+    signum = getattr(billiard_pool, 'SIG_SOFT_TIMEOUT', None)
+    if signum is None:  # no SIGUSR1 here (Windows)
+        return False
+    original = signal.getsignal(signum)
+    if original is not billiard_pool.soft_timeout_sighandler:  # ours already, or not a child
+        return False
+
+    def on_soft_time_limit(signum, frame):
+        try:
+            before()
+        finally:
+            original(signum, frame)
+
+    signal.signal(signum, on_soft_time_limit)
+    return True
+
+
+def wrap_revoke_command(before):
+    """Call ``before(task_ids)`` first whenever this process runs the ``revoke``
+    control command (the worker's main process; the tasks' too on the solo,
+    threads, gevent and eventlet pools); idempotent.  The worker dispatches
+    through ``Panel.data``, looked up on each command."""
+    from celery.worker.control import Panel
+
+    original = Panel.data.get('revoke')
+    if original is None or getattr(original, '_ctxthread_wrapped', False):
+        return
+
+    def revoke(state, task_id, *args, **kwargs):
+        several = isinstance(task_id, (list, tuple, set, frozenset))
+        before(list(task_id) if several else [task_id])
+        return original(state, task_id, *args, **kwargs)
+
+    for name in ('__doc__', '__name__', '__module__'):  # Panel.meta is keyed by name
+        if hasattr(original, name):
+            setattr(revoke, name, getattr(original, name))
+    revoke._ctxthread_wrapped = True
+    Panel.data['revoke'] = revoke

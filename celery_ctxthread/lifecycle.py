@@ -36,6 +36,7 @@ thread where the run's task stack entry is (``_celery.active_record``), so
 """
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -225,6 +226,7 @@ def _remember(request, record):
 
 
 def _new_record(request):
+    _tell_at_soft_time_limit()
     with _registry_lock:
         record = _TaskLife(getattr(request, 'id', None))
         try:
@@ -234,6 +236,22 @@ def _new_record(request):
         if record.task_id is not None:
             _by_id[record.task_id] = record
     return record
+
+
+_soft_limit_chained_in = []  # the pid where it was checked: a forked child checks again
+
+
+def _tell_at_soft_time_limit():
+    """Once per process, at its first record: a prefork child's soft time limit
+    ends its task's record first (it runs one task at a time), then raises."""
+    pid = os.getpid()
+    if pid not in _soft_limit_chained_in:
+        _soft_limit_chained_in[:] = [pid]
+        _celery.chain_soft_time_limit(_soft_time_limit)
+
+
+def _soft_time_limit():
+    end_all(SOFT_TIME_LIMIT)
 
 
 def _record_of(request):
