@@ -17,9 +17,10 @@ because they cannot wait for a first call:
   4.3 to 5.1 bind ``backend.mark_as_done`` into each task's tracer when they
   build it, which a worker does once at start, so a guard set up later would
   never see a task succeed;
-- it connects the worker-wide switch to the worker's signals
-  (:mod:`celery_ctxthread.worker`), and reads its environment variable, so
-  that a worker with a typo there refuses to start.
+- it connects the worker-wide switch, and the events that end a task for
+  its threads (:ref:`how-lifecycle`), to the worker's signals
+  (:mod:`celery_ctxthread.worker`), and reads the switch's environment
+  variable, so that a worker with a typo there refuses to start.
 
 Nothing else at import changes Celery or the standard library.
 """

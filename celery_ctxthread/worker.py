@@ -1,6 +1,6 @@
 """Turn :func:`~celery_ctxthread.install` on for a whole worker, from configuration;
 and tell a task's threads when the worker ends the task (soft time limit,
-revocation, shutdown: see :mod:`celery_ctxthread.lifecycle`).
+revocation, shutdown: :ref:`how-lifecycle`).
 
 Set either of these, and have the worker import ``celery_ctxthread`` (your
 task modules importing it is enough; else add it to the ``imports`` setting)::
