@@ -46,6 +46,7 @@ ACTIVE_RECORD = 'celery_ctxthread_record'  # an identifier: interned, hashed onc
 _TASK_STORAGE = _TASK_LOCAL.__storage__ if _TASK_LOCAL is not None else None
 # Celery's (a greenlet where greenlet is importable), as the task stack's entries are keyed.
 _get_ident = _TASK_LOCAL.__ident_func__ if _TASK_LOCAL is not None else _celery_threads.get_ident
+get_ident = _get_ident  # the current thread's ident, as the task stack's entries are keyed
 
 
 def read_tasks():
@@ -103,6 +104,16 @@ def active_record(record_of):
     return record_of(requests[-1]) if requests else None
 
 
+def idents_running_under(record):
+    """The idents (Celery's: greenlets where greenlet is importable) of the threads
+    that run in a context whose record is ``record`` now; none with the other
+    stack flavours, which keep no active record."""
+    if _TASK_STORAGE is None:
+        return []
+    entries = list(_TASK_STORAGE.items())  # one step under the GIL
+    return [ident for ident, entry in entries if entry.get(ACTIVE_RECORD) is record]
+
+
 def active_entry_lookup():
     """``(entry_of, ident)``: ``entry_of(ident()).get(ACTIVE_RECORD)`` is what
     :func:`active_record` reads, for a caller that cannot afford its call (a
@@ -157,7 +168,7 @@ class _LocalStackPusher(object):
             APP_LOCAL.current_app = previous_app
             # Let go of all it holds: see _released.
             self = app = fn = args = kwargs = saved = storage = entry = items = new_stack = None
-            previous_app = new_entry = None
+            new_entry = None  # (previous_app is not the task's: kept, one step less a run)
 
 
 class _FastLocalStackPusher(object):

@@ -27,6 +27,7 @@ changed only through :mod:`celery_ctxthread._celery`.
 """
 
 import functools
+from concurrent.futures import CancelledError
 from operator import is_
 
 from celery_ctxthread import _celery, lifecycle
@@ -97,7 +98,8 @@ class _CallInContext(object):
     Extra call arguments are appended (a pool's job arguments, ``wrap()``'s).
     ``once``: let go of the function, its arguments and the snapshot when
     called, as ``Thread.run`` lets go of its target (a thread's run, a queued
-    job).  ``keep_outer``: the contextvars that wrappers around this call set
+    job; :data:`JOB`: a queued executor job, which does not run once its task
+    is over).  ``keep_outer``: the contextvars that wrappers around this call set
     (Sentry's forked scope around a thread's run) stay set on top of the
     snapshot's.
     """
@@ -113,11 +115,13 @@ class _CallInContext(object):
         self.keep_outer = keep_outer
 
     def __call__(self, *more_args, **more_kwargs):
-        context, fn, args, kwargs = self.context, self.fn, self.args, self.kwargs
-        if self.once:
+        context, fn, args, kwargs, once = self.context, self.fn, self.args, self.kwargs, self.once
+        if once:
             self.context = self.fn = self.args = self.kwargs = None
             if fn is None:  # called again: like Thread.run after its target was dropped
                 return None
+            if once is JOB and context._tasks.record is not None and context._tasks.record.over:
+                raise _job_refused(context._tasks.record)
         if more_args:
             args += more_args
         if kwargs is None:
@@ -149,6 +153,19 @@ class _CallInContext(object):
 
     def _called_with_thread(self, thread, *args, **kwargs):
         return self()
+
+
+#: ``once=JOB``: an executor job, let go once called like a thread's run, that
+#: does not run at all if its task is over when it starts (a dead task's queue
+#: delays nobody); checked here, not kept in a registry at submit, which cost
+#: every submit 3 %.
+JOB = 'job'
+
+
+def _job_refused(record):
+    return CancelledError(
+        'task %s is over (%s): its job did not run' % (record.task_id, record.reason)
+    )
 
 
 def _set_then_call(outer, fn, args, kwargs):

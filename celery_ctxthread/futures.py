@@ -17,11 +17,10 @@ worker threads carry none between jobs.
 
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from weakref import ref as _weakref
 
 from celery_ctxthread._compat import set_exception, split_fn
 from celery_ctxthread._install_state import pool_code, wrapped_by_others
-from celery_ctxthread.context import _EMPTY, _CallInContext, capture
+from celery_ctxthread.context import _EMPTY, JOB, _CallInContext, capture
 from celery_ctxthread.threads import TaskThread
 
 
@@ -31,12 +30,16 @@ def _submit_in_context(submit, args, kwargs, outlive=False):
     ``submit`` is bound to the executor, ``args`` is ``(fn, *rest)``: ``fn``
     is positional-only, as in the stdlib, so a job may take a keyword argument
     named ``fn``.  The threads ``submit`` starts are the pool's own, never the task's.
-    Unless ``outlive``, the job's future is cancelled if its task is over before it starts.
+    Unless ``outlive``, the job does not run if its task is over when it starts.
     """
     if not args:  # the stdlib raises its own TypeError
         return submit(*args, **kwargs)
     job = args[0]
-    if type(job) is not _CallInContext:  # else bound already, by our map()
+    if type(job) is _CallInContext:  # bound already, by our map(), for all of its jobs
+        if not outlive:  # this one, as one JOB: no capture, one object
+            job = _CallInContext(job.context, job.fn, args[1:], kwargs, JOB, job.keep_outer)
+            args, kwargs = (job,), {}
+    else:
         context = capture()
         if context is _EMPTY:
             # Nothing to propagate: a worker thread this submit() starts would
@@ -45,23 +48,15 @@ def _submit_in_context(submit, args, kwargs, outlive=False):
         # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our
         # job: what they set for it stays set on top of the snapshot.
         keep_outer = wrapped_by_others(submit)
-        job = _CallInContext(context, job, args[1:], kwargs, True, keep_outer)  # once
+        once = True if outlive else JOB  # JOB: it does not run once its task is over
+        job = _CallInContext(context, job, args[1:], kwargs, once, keep_outer)
         args, kwargs = (job,), {}
-    record = None if outlive else job.context._tasks.record
     # run_as_pool_code(submit, args, kwargs), inline: one call less per job.
     was_active, pool_code.active = pool_code.active, True
     try:
-        future = submit(*args, **kwargs)
+        return submit(*args, **kwargs)
     finally:
         pool_code.active = was_active
-    if record is not None:  # a dead task's queue must not delay other tasks' jobs
-        futures = record.futures
-        futures.append(_weakref(future))  # inline, as the thread's: see _TaskLife.end
-        if record.over:  # it ended while we submitted
-            future.cancel()
-        elif len(futures) > record.prune_at:
-            record.prune()
-    return future
 
 
 class TaskThreadPoolExecutor(ThreadPoolExecutor):
@@ -73,8 +68,9 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
     ``ThreadPoolExecutor.submit`` is when it runs, so wrappers that Sentry or
     OpenTelemetry put there apply to our jobs too.
 
-    A job whose task is over before the job starts never runs: its future is
-    cancelled, so a dead task's queue never delays another task's jobs.
+    A job whose task is over before the job starts never runs: its future
+    raises :class:`~concurrent.futures.CancelledError`, so a dead task's queue
+    never delays another task's jobs.
     ``jobs_outlive_task=True`` (a keyword argument) runs them all the same::
 
         pool = cct.TaskThreadPoolExecutor(max_workers=4, jobs_outlive_task=True)
@@ -102,6 +98,7 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
         context = capture()
         if context is not _EMPTY:
             submit = super(TaskThreadPoolExecutor, self).submit
+            # Bound once for every job: submit() wraps each again, as one JOB.
             fn = _CallInContext(context, fn, keep_outer=wrapped_by_others(submit))
         return ThreadPoolExecutor.map(self, fn, *iterables, **kwargs)
 

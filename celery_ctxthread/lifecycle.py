@@ -42,7 +42,7 @@ import time
 import weakref
 
 from celery_ctxthread import _celery
-from celery_ctxthread._stdlib import not_done
+from celery_ctxthread._stdlib import thread_named
 
 _logger = logging.getLogger(__name__)
 
@@ -95,26 +95,22 @@ class TaskOver(Exception):
         return (TaskOver, (self.reason, self.task_id))
 
 
-# A task that starts or submits more than this many drops the finished ones.
-_PRUNE_AT = 1000
+_JOIN_POLL = 0.01  # seconds between looks, while the bounded join waits
 
 
 class _TaskLife(object):
-    """One captured task run: whether it is over, and what it left running."""
+    """One captured task run: whether it is over, why, and who is told."""
 
     __slots__ = (
         '__weakref__',
         'ended',
         'event',
-        'futures',
         'joined',
         'lock',
         'over',
         'owner',
-        'prune_at',
         'reason',
         'task_id',
-        'threads',
     )
 
     def __init__(self, task_id):
@@ -126,54 +122,29 @@ class _TaskLife(object):
         # Re-entrant: a soft time limit's signal handler may end the task while
         # its own thread holds the lock.
         self.lock = threading.RLock()
-        # Appended without the lock (one step under the GIL), so that a start()
-        # or submit() pays next to nothing:
-        self.threads = []  # weak references to the threads started in its context
-        self.futures = []  # weak references to its executor jobs' futures
-        self.prune_at = _PRUNE_AT  # more threads or futures than this: prune()
-        self.joined = False  # the bounded join at its end is done (once: it is bounded)
+        self.joined = False  # the bounded wait at its end is done (once: it is bounded)
         # The task's own thread (the first to capture its context) is not told,
         # until the task has returned (a wrap()ped callback run there later is).
         self.owner = weakref.ref(threading.current_thread())
         self.ended = False
 
     def end(self, reason):
-        """Mark the task over with ``reason`` (the first reason wins); cancel its queued jobs."""
+        """Mark the task over with ``reason``; the first reason wins."""
         with self.lock:
             if self.over:
                 return False
             self.reason = reason
-            self.over = True  # before the futures are read: a submit() after this cancels its own
-            futures, self.futures = self.futures, []
+            self.over = True
         self.event.set()
-        for ref in futures:
-            future = ref()
-            if future is not None:
-                future.cancel()  # refused by a job already running: it sees cancelled()
         return True
 
-    def prune(self):
-        """Drop the references to finished threads and jobs, keeping what may still run;
-        the next prune comes when what is kept has doubled (amortised: O(1) a start)."""
-        with self.lock:
-            self.threads = [ref for ref in self.threads if _alive(ref())]
-            self.futures = [ref for ref in self.futures if _pending(ref())]
-            self.prune_at = max(_PRUNE_AT, 2 * max(len(self.threads), len(self.futures)))
-
-    def alive_threads(self):
-        """The task's threads still alive, but the calling one."""
-        current = threading.current_thread()
-        threads = (ref() for ref in list(self.threads))
-        return [t for t in threads if t is not None and t is not current and t.is_alive()]
-
-
-def _alive(thread):
-    # Not started yet counts too: its start() appended it just before starting it.
-    return thread is not None and (thread.is_alive() or thread.ident is None)
-
-
-def _pending(future):
-    return future is not None and not_done(future)
+    def running(self):
+        """The names of the threads (pool threads with its jobs included) that run in
+        the task's context now, but the calling one.  No registry of threads is
+        kept: each run's task stack entry names its record (``_celery``)."""
+        current = _celery.get_ident()
+        idents = _celery.idents_running_under(self)
+        return [thread_named(ident) for ident in idents if ident != current]
 
 
 # Captured requests -> their record, and task ids -> the same records.
@@ -326,7 +297,7 @@ def cancel(task_id=None, reason=CANCELLED_BY_HAND):
         cct.cancel()                         # in the task: its threads stop
         cct.cancel(result.id)                # elsewhere in the same worker process
 
-    Queued executor jobs of that task are cancelled.  Returns True if the
+    Queued executor jobs of that task never run.  Returns True if the
     task's threads were told now, False if they were already told or this
     process has no record of that task (its context was never captured here).
     """
@@ -377,12 +348,11 @@ def _join_once(record, app):
     timeout = _setting(app, JOIN_TIMEOUT_SETTING, None)
     if not timeout:
         return
+    # Until no thread or job runs in the task's context: a pool thread that ran
+    # its job is free, so this waits for the work, never for the thread.
     deadline = time.time() + float(timeout)
-    for thread in record.alive_threads():
-        left = deadline - time.time()
-        if left <= 0:
-            break
-        thread.join(left)
+    while record.running() and time.time() < deadline:
+        time.sleep(_JOIN_POLL)
 
 
 def at_postrun(request, state, app):
@@ -395,14 +365,14 @@ def at_postrun(request, state, app):
     _join_once(record, app)  # where nothing was stored, this is the task's end
     if not _setting(app, WARN_STRAGGLERS_SETTING, True):
         return
-    alive = record.alive_threads()
-    if alive:
+    running = record.running()
+    if running:
         _logger.warning(
-            'celery_ctxthread: task %s ended (%s) with %d of its threads still alive: %s',
+            'celery_ctxthread: task %s ended (%s) with %d of its threads still in it: %s',
             record.task_id,
             record.reason,
-            len(alive),
-            ', '.join(sorted(repr(thread.name) for thread in alive)),
+            len(running),
+            ', '.join(sorted(repr(name) for name in running)),
         )
 
 

@@ -1,6 +1,5 @@
 import threading
 import weakref
-from concurrent.futures import Future
 from typing import Any, Final
 
 from celery.app.task import Context as Request
@@ -27,16 +26,12 @@ class _TaskLife:
     reason: str | None
     event: threading.Event
     lock: threading.RLock
-    threads: list[weakref.ref[threading.Thread]]
-    futures: list[weakref.ref[Future[Any]]]
     joined: bool
     owner: weakref.ref[threading.Thread]
     ended: bool
     def __init__(self, task_id: str | None) -> None: ...
     def end(self, reason: str) -> bool: ...
-    prune_at: int
-    def prune(self) -> None: ...
-    def alive_threads(self) -> list[threading.Thread]: ...
+    def running(self) -> list[str]: ...
 
 def record_for(request: Request) -> _TaskLife: ...
 def cancelled() -> bool: ...

@@ -20,7 +20,6 @@ that override ``run()`` are covered too.  ``run()`` called directly, without
 """
 
 import threading
-from weakref import ref as _weakref
 
 from celery_ctxthread._stdlib import TimerBase
 from celery_ctxthread.context import _EMPTY, _CallInContext, capture
@@ -61,12 +60,6 @@ def _start_in_context(self, _original_start=None):
     if type(run) is _CallInContext:
         return start()
     thread.run = _CallInContext(context, run, (), None, True, True)  # once, keep_outer
-    record = context._tasks.record
-    if record is not None:  # weakly: the task's end names it if still alive, may join it
-        threads = record.threads
-        threads.append(_weakref(thread))  # inline: a start runs few functions
-        if len(threads) > record.prune_at:
-            record.prune()
     try:
         return start()
     except BaseException:  # it never started: leave the thread as it was
