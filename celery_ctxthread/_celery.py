@@ -114,6 +114,11 @@ def idents_running_under(record):
     return [ident for ident, entry in entries if entry.get(ACTIVE_RECORD) is record]
 
 
+def marks_runs():
+    """Whether each run's task stack entry names its record (``_LocalStack``)."""
+    return _TASK_STORAGE is not None
+
+
 def active_entry_lookup():
     """``(entry_of, ident)``: ``entry_of(ident()).get(ACTIVE_RECORD)`` is what
     :func:`active_record` reads, for a caller that cannot afford its call (a

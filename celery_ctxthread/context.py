@@ -34,6 +34,7 @@ from celery_ctxthread import _celery, lifecycle
 from celery_ctxthread._compat import copy_context
 
 _APP_LOCAL = _celery.APP_LOCAL
+_MARKS_RUNS = _celery.marks_runs()
 
 #: Called with ``(task, request)`` for each task a new snapshot captures, in
 #: the task's own thread (the late-update guard's ``watch``, while it is set up).
@@ -117,11 +118,14 @@ class _CallInContext(object):
     def __call__(self, *more_args, **more_kwargs):
         context, fn, args, kwargs, once = self.context, self.fn, self.args, self.kwargs, self.once
         if once:
-            self.context = self.fn = self.args = self.kwargs = None
-            if fn is None:  # called again: like Thread.run after its target was dropped
-                return None
-            if once is JOB and context._tasks.record is not None and context._tasks.record.over:
-                raise _job_refused(context._tasks.record)
+            if once is not EVERY_JOB:  # a thread's run, or one job: let go of it all
+                self.context = self.fn = self.args = self.kwargs = None
+                if fn is None:  # called again: like Thread.run after its target was dropped
+                    return None
+            if once is not True:  # an executor job: see JOB
+                record = context._tasks.record or lifecycle.found_record(context._tasks.request)
+                if record is not None and record.over:
+                    raise _job_refused(record)
         if more_args:
             args += more_args
         if kwargs is None:
@@ -160,6 +164,9 @@ class _CallInContext(object):
 #: delays nobody); checked here, not kept in a registry at submit, which cost
 #: every submit 3 %.
 JOB = 'job'
+#: ``once=EVERY_JOB``: the jobs of one ``map()``, bound once for all of them and
+#: kept: none runs once its task is over.
+EVERY_JOB = 'every job'
 
 
 def _job_refused(record):
@@ -185,8 +192,12 @@ class _CapturedTasks(object):
         self.task = tasks[-1] if tasks else None
         self.request = request = top_requests[-1] if tasks else None
         # The top task run's lifecycle record (none without a request: nothing ends
-        # it); each run under this snapshot makes it active for cancelled().
-        self.record = lifecycle.record_for(request) if request is not None else None
+        # it); each run under this snapshot makes it active for cancelled().  Only
+        # where the pushers mark runs: elsewhere (USE_FAST_LOCALS) nothing caches
+        # a snapshot, and the record, made once per task run by the guard's
+        # watch, is found by request.
+        marks = _MARKS_RUNS and request is not None
+        self.record = lifecycle.record_for(request) if marks else None
         pushes = _pushes(tasks, top_requests) if tasks else None
         self.pusher = _celery.pusher_for(pushes, self.record) if tasks else None
         for task, request in zip(tasks, top_requests):

@@ -10,6 +10,7 @@ _P = ParamSpec('_P')
 _R = TypeVar('_R')
 
 JOB: str
+EVERY_JOB: str
 
 class TaskContext:
     # Private: a TaskContext comes from capture().

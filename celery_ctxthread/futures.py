@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from celery_ctxthread._compat import set_exception, split_fn
 from celery_ctxthread._install_state import pool_code, wrapped_by_others
-from celery_ctxthread.context import _EMPTY, JOB, _CallInContext, capture
+from celery_ctxthread.context import _EMPTY, EVERY_JOB, JOB, _CallInContext, capture
 from celery_ctxthread.threads import TaskThread
 
 
@@ -35,11 +35,7 @@ def _submit_in_context(submit, args, kwargs, outlive=False):
     if not args:  # the stdlib raises its own TypeError
         return submit(*args, **kwargs)
     job = args[0]
-    if type(job) is _CallInContext:  # bound already, by our map(), for all of its jobs
-        if not outlive:  # this one, as one JOB: no capture, one object
-            job = _CallInContext(job.context, job.fn, args[1:], kwargs, JOB, job.keep_outer)
-            args, kwargs = (job,), {}
-    else:
+    if type(job) is not _CallInContext:  # else bound already, by our map()
         context = capture()
         if context is _EMPTY:
             # Nothing to propagate: a worker thread this submit() starts would
@@ -99,7 +95,8 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
         if context is not _EMPTY:
             submit = super(TaskThreadPoolExecutor, self).submit
             # Bound once for every job: submit() wraps each again, as one JOB.
-            fn = _CallInContext(context, fn, keep_outer=wrapped_by_others(submit))
+            every = False if self._jobs_outlive_task else EVERY_JOB  # none runs once it is over
+            fn = _CallInContext(context, fn, (), None, every, wrapped_by_others(submit))
         return ThreadPoolExecutor.map(self, fn, *iterables, **kwargs)
 
     map.__doc__ = ThreadPoolExecutor.map.__doc__

@@ -90,7 +90,8 @@ def watch(task, request):
             try:
                 _watched.setdefault(request, _Watch(threading.current_thread(), seat))
             except TypeError:  # not weakly referable: such a request cannot be guarded
-                pass
+                return
+        lifecycle.record_for(request)  # once per task run, as the watch
 
 
 def _app_of(task):

@@ -225,6 +225,12 @@ def _soft_time_limit():
     end_all(SOFT_TIME_LIMIT)
 
 
+def found_record(request):
+    """The record of ``request``, or None: never made here (a task over before
+    its record was looked up was never captured, so it has none)."""
+    return _record_of(request) if request is not None else None
+
+
 def _record_of(request):
     try:
         return _records.get(request)
