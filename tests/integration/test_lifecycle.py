@@ -33,7 +33,7 @@ TOLD_WITHIN = 0.5  # seconds from the event to the watchers' stop
 FILE_TIMEOUT = 25.0
 RESULT_TIMEOUT = 30.0
 WATCHERS = ('thread', 'job')
-EXIT_AFTER_STOP = 1.5  # the issue's 1 s, plus Celery's own shutdown's margin (see below)
+EXIT_AFTER_STOP = 1.5  # the issue asks 1 s; 1.2-1.3 s measured (see the shutdown test)
 
 
 def new_prefix(worker):
@@ -139,7 +139,8 @@ def test_revoke_tells_the_threads_of_a_running_task(dedicated_worker, pool):
 def test_shutdown_tells_threads_and_the_worker_exits_soon_after(dedicated_worker, how):
     """threads pool: the task joins its cooperative watchers; the shutdown tells them,
     and the worker is gone soon after their stop (14 s with a loop that never stops).
-    EXIT_AFTER_STOP: Celery's own shutdown of an idle threads worker takes about 1.2 s here."""
+    EXIT_AFTER_STOP: the worker was gone 1.2-1.3 s after the loops stopped in our runs;
+    where Celery spends that time (an idle worker's shutdown) is not measured here."""
     worker = dedicated_worker('redis', 'threads', 'shutdown-' + how.lower(), concurrency=2)
     result, prefix = started(worker, WATCHED, ['join'])
     signalled_at = time.time()
