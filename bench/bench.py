@@ -538,6 +538,10 @@ def counted_workload(workload, variant):
         context = cct.capture()
         call = (lambda: context.run(noop)) if ours else (lambda: noop())
         return on_fresh_thread(calls_of(call))
+    if workload in ('cancelled', 'checkpoint'):  # asked in a propagated thread, in a loop
+        context = cct.capture()
+        ask = calls_of(getattr(cct, workload) if ours else noop)
+        return on_fresh_thread(lambda ops: context.run(ask, ops))
     if workload == 'thread':
         return threads_of(cct.TaskThread if variant == 'ours' else threading.Thread)
     if variant == 'otel':
@@ -559,6 +563,9 @@ COUNTED = (
     # One thread each, so no scheduling in the count: these repeat to the instruction.
     ('capture', 'capture(), in a task', 5000, ('ours', 'fastlocals')),
     ('run', 'TaskContext.run(noop), on a fresh thread', 5000, ('ours', 'fastlocals')),
+    # A cooperative loop's question, in a thread running in the task's context (bare: noop()).
+    ('cancelled', 'cancelled(), in a propagated thread', 20000, ('ours',)),
+    ('checkpoint', 'checkpoint(), in a propagated thread', 20000, ('ours',)),
     # What a user feels: an update_state, by where it is made (bare: a no-op there).
     ('update_own', UPDATE_PLACES[0][1], 2000, ('ours',)),
     ('update_thread', UPDATE_PLACES[1][1], 1000, ('ours',)),

@@ -39,6 +39,14 @@ _TASK_LOCAL = TASK_STACK._local if type(TASK_STACK) is _LocalStack else None
 APP_LOCAL = _state._tls
 #: Where a thread's newest snapshot is kept: its entry in the task stack (see ``read_tasks``).
 NEWEST_SNAPSHOT = 'celery_ctxthread.snapshot'
+#: Where a run under a snapshot keeps its task's lifecycle record: the entry
+#: the pusher gives the thread in the task stack (``_LocalStack``), which goes
+#: with the run.
+ACTIVE_RECORD = 'celery_ctxthread_record'  # an identifier: interned, hashed once
+_TASK_STORAGE = _TASK_LOCAL.__storage__ if _TASK_LOCAL is not None else None
+# Celery's (a greenlet where greenlet is importable), as the task stack's entries are keyed.
+_get_ident = _TASK_LOCAL.__ident_func__ if _TASK_LOCAL is not None else _celery_threads.get_ident
+get_ident = _get_ident  # the current thread's ident, as the task stack's entries are keyed
 
 
 def read_tasks():
@@ -77,17 +85,64 @@ def read_tasks():
     return tasks, top_requests, thread_entry
 
 
+def active_record(record_of):
+    """The lifecycle record of the task whose context this thread runs in, or None.
+
+    With ``_LocalStack`` (the default), the entry a run's pusher made in the
+    task stack holds it (``ACTIVE_RECORD``): one lookup, and nothing to restore.
+    Elsewhere, ``record_of(request)`` for the request on top of the top task's
+    stack (the caller tells the task's own thread apart).
+    """
+    if _TASK_STORAGE is not None:
+        entry = _TASK_STORAGE.get(_get_ident())
+        return entry.get(ACTIVE_RECORD) if entry is not None else None
+    tasks = TASK_STACK.stack
+    if not tasks:
+        return None
+    requests = getattr(tasks[-1], 'request_stack', None)
+    requests = requests.stack if requests is not None else None
+    return record_of(requests[-1]) if requests else None
+
+
+def idents_running_under(record):
+    """The idents (Celery's: greenlets where greenlet is importable) of the threads
+    that run in a context whose record is ``record`` now; none with the other
+    stack flavours, which keep no active record."""
+    if _TASK_STORAGE is None:
+        return []
+    entries = list(_TASK_STORAGE.items())  # one step under the GIL
+    return [ident for ident, entry in entries if entry.get(ACTIVE_RECORD) is record]
+
+
+def marks_runs():
+    """Whether each run's task stack entry names its record (``_LocalStack``)."""
+    return _TASK_STORAGE is not None
+
+
+def active_entry_lookup():
+    """``(entry_of, ident)``: ``entry_of(ident()).get(ACTIVE_RECORD)`` is what
+    :func:`active_record` reads, for a caller that cannot afford its call (a
+    cooperative loop asks every turn); ``(None, None)`` where the records are
+    found by request."""
+    if _TASK_STORAGE is None:
+        return None, None
+    return _TASK_STORAGE.get, _get_ident
+
+
 class _LocalStackPusher(object):
     """Pushes onto ``_LocalStack``\\ s: replaces the thread's entry in each with
     one holding the longer list, then puts the saved entry back (or deletes the
     new one): whatever the target did in between goes with it.
-    ``_LocalStack`` looks its entry up on every call, so nobody holds the old one."""
+    ``_LocalStack`` looks its entry up on every call, so nobody holds the old one.
+    The new entry in the task stack also holds the run's lifecycle record: set
+    and restored with the entry, for nothing."""
 
-    __slots__ = ('ident_func', 'parts')
+    __slots__ = ('ident_func', 'parts', 'record')
 
-    def __init__(self, ident_func, parts):
+    def __init__(self, ident_func, parts, record=None):
         self.ident_func = ident_func  # Celery's locals all share one
-        self.parts = parts  # ((storage, items as a list), ...)
+        self.parts = parts  # ((storage, items as a list), ...), the task stack's last
+        self.record = record
 
     def call(self, app, fn, args, kwargs):
         ident = self.ident_func()
@@ -104,7 +159,10 @@ class _LocalStackPusher(object):
                 if items:  # pushing nothing must not create an entry: pop() differs
                     # A new list each time: runs in several threads share `items`.
                     new_stack = (entry.get('stack') or []) + items if entry else items[:]
-                    storage[ident] = {'stack': new_stack}
+                    storage[ident] = new_entry = {'stack': new_stack}
+            # The task stack's entry, made last (see pusher_for), names the record:
+            # restored with the entry, for nothing.
+            new_entry[ACTIVE_RECORD] = self.record
             return fn(*args, **kwargs)
         finally:
             for storage, entry in saved:
@@ -115,7 +173,7 @@ class _LocalStackPusher(object):
             APP_LOCAL.current_app = previous_app
             # Let go of all it holds: see _released.
             self = app = fn = args = kwargs = saved = storage = entry = items = new_stack = None
-            previous_app = None
+            new_entry = None  # (previous_app is not the task's: kept, one step less a run)
 
 
 class _FastLocalStackPusher(object):
@@ -124,8 +182,8 @@ class _FastLocalStackPusher(object):
 
     __slots__ = ('parts',)
 
-    def __init__(self, parts):
-        self.parts = parts  # ((stack, items), ...)
+    def __init__(self, parts, record=None):
+        self.parts = parts  # ((stack, items), ...); record: found by request instead
 
     def call(self, app, fn, args, kwargs):
         saved = []
@@ -175,8 +233,9 @@ class _PublicApiPusher(_FastLocalStackPusher):
 # each ``call`` lets go of all it holds before it returns or raises.
 
 
-def pusher_for(pairs):
-    """The one pusher that pushes each ``(stack, items)`` pair's items."""
+def pusher_for(pairs, record=None):
+    """The one pusher that pushes each ``(stack, items)`` pair's items (the task
+    stack's first), and makes ``record`` active for :func:`active_record`."""
     ident_funcs, by_entry, fast, public = set(), [], 0, []
     for stack, items in pairs:
         if type(stack) is _LocalStack:
@@ -185,8 +244,10 @@ def pusher_for(pairs):
         fast += type(stack) is _FastLocalStack
         public.append((stack, tuple(items)))
     if len(by_entry) == len(pairs) and len(ident_funcs) == 1:  # Celery's locals share one
-        return _LocalStackPusher(ident_funcs.pop(), tuple(by_entry))
-    return (_FastLocalStackPusher if fast == len(pairs) else _PublicApiPusher)(tuple(public))
+        # The task stack last: its new entry is the one call() keeps the record in.
+        return _LocalStackPusher(ident_funcs.pop(), tuple(by_entry[1:] + by_entry[:1]), record)
+    kind = _FastLocalStackPusher if fast == len(pairs) else _PublicApiPusher
+    return kind(tuple(public), record)
 
 
 def task_backend_seat(app):
@@ -267,3 +328,61 @@ def final_store_reader(store):
         return request, stores
 
     return read
+
+
+# ------------------------------------------------- where a worker ends its tasks
+
+
+def chain_soft_time_limit(before):
+    """In a prefork child: call ``before()`` first when the soft time limit fires.
+
+    billiard's child installs ``soft_timeout_sighandler`` for its soft-timeout
+    signal (SIGUSR1) after or before ``worker_process_init``, by version
+    (billiard 4.3 after), so the caller chains when a task first captures its
+    context; ours calls ``before()``, then billiard's, which raises
+    ``SoftTimeLimitExceeded`` in the task.
+    Anywhere else (no such handler installed: solo, threads, green pools) it
+    changes nothing.  Returns whether it chained.
+    """
+    import signal
+
+    from billiard import pool as billiard_pool
+
+    signum = getattr(billiard_pool, 'SIG_SOFT_TIMEOUT', None)
+    if signum is None:  # no SIGUSR1 here (Windows)
+        return False
+    original = signal.getsignal(signum)
+    if original is not billiard_pool.soft_timeout_sighandler:  # ours already, or not a child
+        return False
+
+    def on_soft_time_limit(signum, frame):
+        try:
+            before()
+        finally:
+            original(signum, frame)
+
+    signal.signal(signum, on_soft_time_limit)
+    return True
+
+
+def wrap_revoke_command(before):
+    """Call ``before(task_ids)`` first whenever this process runs the ``revoke``
+    control command (the worker's main process; the tasks' too on the solo,
+    threads, gevent and eventlet pools); idempotent.  The worker dispatches
+    through ``Panel.data``, looked up on each command."""
+    from celery.worker.control import Panel
+
+    original = Panel.data.get('revoke')
+    if original is None or getattr(original, '_ctxthread_wrapped', False):
+        return
+
+    def revoke(state, task_id, *args, **kwargs):
+        several = isinstance(task_id, (list, tuple, set, frozenset))
+        before(list(task_id) if several else [task_id])
+        return original(state, task_id, *args, **kwargs)
+
+    for name in ('__doc__', '__name__', '__module__'):  # Panel.meta is keyed by name
+        if hasattr(original, name):
+            setattr(revoke, name, getattr(original, name))
+    revoke._ctxthread_wrapped = True
+    Panel.data['revoke'] = revoke

@@ -27,12 +27,14 @@ changed only through :mod:`celery_ctxthread._celery`.
 """
 
 import functools
+from concurrent.futures import CancelledError
 from operator import is_
 
-from celery_ctxthread import _celery
+from celery_ctxthread import _celery, lifecycle
 from celery_ctxthread._compat import copy_context
 
 _APP_LOCAL = _celery.APP_LOCAL
+_MARKS_RUNS = _celery.marks_runs()
 
 #: Called with ``(task, request)`` for each task a new snapshot captures, in
 #: the task's own thread (the late-update guard's ``watch``, while it is set up).
@@ -97,7 +99,8 @@ class _CallInContext(object):
     Extra call arguments are appended (a pool's job arguments, ``wrap()``'s).
     ``once``: let go of the function, its arguments and the snapshot when
     called, as ``Thread.run`` lets go of its target (a thread's run, a queued
-    job).  ``keep_outer``: the contextvars that wrappers around this call set
+    job; :data:`JOB`: a queued executor job, which does not run once its task
+    is over).  ``keep_outer``: the contextvars that wrappers around this call set
     (Sentry's forked scope around a thread's run) stay set on top of the
     snapshot's.
     """
@@ -113,11 +116,16 @@ class _CallInContext(object):
         self.keep_outer = keep_outer
 
     def __call__(self, *more_args, **more_kwargs):
-        context, fn, args, kwargs = self.context, self.fn, self.args, self.kwargs
-        if self.once:
-            self.context = self.fn = self.args = self.kwargs = None
-            if fn is None:  # called again: like Thread.run after its target was dropped
-                return None
+        context, fn, args, kwargs, once = self.context, self.fn, self.args, self.kwargs, self.once
+        if once:
+            if once is not EVERY_JOB:  # a thread's run, or one job: let go of it all
+                self.context = self.fn = self.args = self.kwargs = None
+                if fn is None:  # called again: like Thread.run after its target was dropped
+                    return None
+            if once is not True:  # an executor job: see JOB
+                record = context._tasks.record or lifecycle.found_record(context._tasks.request)
+                if record is not None and record.over:
+                    raise _job_refused(record)
         if more_args:
             args += more_args
         if kwargs is None:
@@ -151,6 +159,22 @@ class _CallInContext(object):
         return self()
 
 
+#: ``once=JOB``: an executor job, let go once called like a thread's run, that
+#: does not run at all if its task is over when it starts (a dead task's queue
+#: delays nobody); checked here, not kept in a registry at submit, which cost
+#: every submit 3 %.
+JOB = 'job'
+#: ``once=EVERY_JOB``: the jobs of one ``map()``, bound once for all of them and
+#: kept: none runs once its task is over.
+EVERY_JOB = 'every job'
+
+
+def _job_refused(record):
+    return CancelledError(
+        'task %s is over (%s): its job did not run' % (record.task_id, record.reason)
+    )
+
+
 def _set_then_call(outer, fn, args, kwargs):
     for var, value in outer.items():
         var.set(value)
@@ -161,13 +185,21 @@ class _CapturedTasks(object):
     """The Celery half of a snapshot, shared by captures of the same ``identity``:
     ``(app, *tasks, *top_requests)``, as :func:`_celery.read_tasks` reads them."""
 
-    __slots__ = ('app', 'identity', 'pusher', 'request', 'task')
+    __slots__ = ('app', 'identity', 'pusher', 'record', 'request', 'task')
 
     def __init__(self, identity, tasks, top_requests):
         self.identity, self.app = identity, identity[0]
         self.task = tasks[-1] if tasks else None
-        self.request = top_requests[-1] if tasks else None
-        self.pusher = _celery.pusher_for(_pushes(tasks, top_requests)) if tasks else None
+        self.request = request = top_requests[-1] if tasks else None
+        # The top task run's lifecycle record (none without a request: nothing ends
+        # it); each run under this snapshot makes it active for cancelled().  Only
+        # where the pushers mark runs: elsewhere (USE_FAST_LOCALS) nothing caches
+        # a snapshot, and the record, made once per task run by the guard's
+        # watch, is found by request.
+        marks = _MARKS_RUNS and request is not None
+        self.record = lifecycle.record_for(request) if marks else None
+        pushes = _pushes(tasks, top_requests) if tasks else None
+        self.pusher = _celery.pusher_for(pushes, self.record) if tasks else None
         for task, request in zip(tasks, top_requests):
             if request is not None:
                 for hook in _capture_hooks:

@@ -9,6 +9,9 @@ from typing_extensions import ParamSpec  # typing has it from 3.10 only: users m
 _P = ParamSpec('_P')
 _R = TypeVar('_R')
 
+JOB: str
+EVERY_JOB: str
+
 class TaskContext:
     # Private: a TaskContext comes from capture().
     def __init__(self, tasks: Any, contextvars: Context | None) -> None: ...

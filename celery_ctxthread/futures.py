@@ -20,20 +20,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from celery_ctxthread._compat import set_exception, split_fn
 from celery_ctxthread._install_state import pool_code, wrapped_by_others
-from celery_ctxthread.context import _EMPTY, _CallInContext, capture
+from celery_ctxthread.context import _EMPTY, EVERY_JOB, JOB, _CallInContext, capture
 from celery_ctxthread.threads import TaskThread
 
 
-def _submit_in_context(submit, args, kwargs):
+def _submit_in_context(submit, args, kwargs, outlive=False):
     """Call ``submit(fn, *rest, **kwargs)`` with ``fn`` bound to the caller's context.
 
     ``submit`` is bound to the executor, ``args`` is ``(fn, *rest)``: ``fn``
     is positional-only, as in the stdlib, so a job may take a keyword argument
     named ``fn``.  The threads ``submit`` starts are the pool's own, never the task's.
+    Unless ``outlive``, the job does not run if its task is over when it starts.
     """
     if not args:  # the stdlib raises its own TypeError
         return submit(*args, **kwargs)
-    if type(args[0]) is not _CallInContext:  # else bound already, by our map()
+    job = args[0]
+    if type(job) is not _CallInContext:  # else bound already, by our map()
         context = capture()
         if context is _EMPTY:
             # Nothing to propagate: a worker thread this submit() starts would
@@ -42,7 +44,8 @@ def _submit_in_context(submit, args, kwargs):
         # Wrappers below us (Sentry's, OpenTelemetry's submit) run around our
         # job: what they set for it stays set on top of the snapshot.
         keep_outer = wrapped_by_others(submit)
-        job = _CallInContext(context, args[0], args[1:], kwargs, True, keep_outer)  # once
+        once = True if outlive else JOB  # JOB: it does not run once its task is over
+        job = _CallInContext(context, job, args[1:], kwargs, once, keep_outer)
         args, kwargs = (job,), {}
     # run_as_pool_code(submit, args, kwargs), inline: one call less per job.
     was_active, pool_code.active = pool_code.active, True
@@ -60,11 +63,27 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
     subclasses used to touch.  ``submit`` calls whatever
     ``ThreadPoolExecutor.submit`` is when it runs, so wrappers that Sentry or
     OpenTelemetry put there apply to our jobs too.
+
+    A job whose task is over before the job starts never runs: its future
+    raises :class:`~concurrent.futures.CancelledError`, so a dead task's queue
+    never delays another task's jobs.
+    ``jobs_outlive_task=True`` (a keyword argument) runs them all the same::
+
+        pool = cct.TaskThreadPoolExecutor(max_workers=4, jobs_outlive_task=True)
     """
+
+    _jobs_outlive_task = False
+
+    def __init__(self, *args, **kwargs):
+        # Popped, not a keyword-only parameter: this source runs on Python 2.7 too.
+        self._jobs_outlive_task = bool(kwargs.pop('jobs_outlive_task', False))
+        super(TaskThreadPoolExecutor, self).__init__(*args, **kwargs)
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
         self, args = split_fn(args, 'submit')
-        return _submit_in_context(super(TaskThreadPoolExecutor, self).submit, args, kwargs)
+        return _submit_in_context(
+            super(TaskThreadPoolExecutor, self).submit, args, kwargs, self._jobs_outlive_task
+        )
 
     submit.__doc__ = ThreadPoolExecutor.submit.__doc__
 
@@ -75,7 +94,9 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
         context = capture()
         if context is not _EMPTY:
             submit = super(TaskThreadPoolExecutor, self).submit
-            fn = _CallInContext(context, fn, keep_outer=wrapped_by_others(submit))
+            # Bound once for every job: submit() wraps each again, as one JOB.
+            every = False if self._jobs_outlive_task else EVERY_JOB  # none runs once it is over
+            fn = _CallInContext(context, fn, (), None, every, wrapped_by_others(submit))
         return ThreadPoolExecutor.map(self, fn, *iterables, **kwargs)
 
     map.__doc__ = ThreadPoolExecutor.map.__doc__

@@ -9,6 +9,15 @@ _P = ParamSpec('_P')
 _R = TypeVar('_R')
 
 class TaskThreadPoolExecutor(ThreadPoolExecutor):
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = '',
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        jobs_outlive_task: bool = False,
+    ) -> None: ...
     if sys.version_info >= (3, 9):  # as the stdlib's: fn is positional-only from 3.9
         def submit(
             self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs

@@ -50,7 +50,7 @@ import weakref
 from celery.app.task import Task
 from celery.signals import task_postrun
 
-from celery_ctxthread import _celery, _patching, context
+from celery_ctxthread import _celery, _patching, context, lifecycle
 
 _logger = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ def watch(task, request):
         with _lock:
             if _watch_of(request) is None:
                 _watched[id(request)] = (request_ref, _Watch(threading.current_thread(), seat))
+        lifecycle.record_for(request)  # once per task run, as the watch
 
 
 def _app_of(task):
@@ -168,14 +169,19 @@ def is_set_up():
     return bool(_applied)
 
 
-def _mark_ended(sender=None, task=None, **kwargs):
-    watched = _watch_of(getattr(task or sender, 'request', None))
+def _mark_ended(sender=None, task=None, state=None, **kwargs):
+    task = task or sender
+    request = getattr(task, 'request', None)
+    watched = _watch_of(request)
     if watched is not None:
         watched.ended = True
+        # Over where nothing was stored (ignore_result, Ignore); a warning for stragglers.
+        lifecycle.at_postrun(request, state, _app_of(task))
 
 
 def _marking_finished(store):
     read_call = _celery.final_store_reader(store)
+    reason = lifecycle.FINAL_STORE_REASONS[store.__name__]
 
     @functools.wraps(store)
     def mark_then_store(self, task_id, *args, **kwargs):
@@ -183,6 +189,9 @@ def _marking_finished(store):
         watched = _watch_of(request) if request is not None else None
         if watched is None or not stored or getattr(request, 'id', None) != task_id:
             return store(self, task_id, *args, **kwargs)
+        # The task is over before its final state is stored; its threads may get
+        # a bounded join (ctxthread_join_timeout), outside the lock their updates take.
+        lifecycle.before_final_store(request, reason, getattr(self, 'app', None))
         with watched.lock:  # after any update in flight; before every later one
             watched.finished = True
             return store(self, task_id, *args, **kwargs)

@@ -73,7 +73,8 @@ def _propagating_submit(original):
         method = bind(self)
         if not state.enabled or inside_pool_code():  # off, or a job our executor wrapped
             return method(*args, **kwargs)
-        return _submit_in_context(method, args, kwargs)
+        # Code we do not control waits on these futures: its jobs run as the stdlib's would.
+        return _submit_in_context(method, args, kwargs, True)
 
     register_passing_submit(submit)
     return submit

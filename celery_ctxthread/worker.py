@@ -1,4 +1,6 @@
-"""Turn :func:`~celery_ctxthread.install` on for a whole worker, from configuration.
+"""Turn :func:`~celery_ctxthread.install` on for a whole worker, from configuration;
+and tell a task's threads when the worker ends the task (soft time limit,
+revocation, shutdown: :ref:`how-lifecycle`).
 
 Set either of these, and have the worker import ``celery_ctxthread`` (your
 task modules importing it is enough; else add it to the ``imports`` setting)::
@@ -16,9 +18,11 @@ propagation (Celery's signal dispatch would only log an error raised later).
 """
 
 import os
+import signal
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutting_down
 
+from celery_ctxthread import _celery, lifecycle
 from celery_ctxthread.patch import install
 
 #: The app setting that turns the switch on.
@@ -58,6 +62,44 @@ def _install_if_requested(sender=None, **kwargs):
         install()
 
 
+def _revoke_tells_threads(**kwargs):
+    _celery.wrap_revoke_command(_revoked)
+
+
+def _revoked(task_ids):
+    for task_id in task_ids:
+        lifecycle.cancel(task_id, lifecycle.REVOKED)
+
+
+def _shutdown_tells_threads(**kwargs):
+    lifecycle.end_all(lifecycle.WORKER_SHUTDOWN)
+
+
+#: The signals that begin a warm or cold shutdown of a worker.
+SHUTDOWN_SIGNALS = ('SIGTERM', 'SIGINT', 'SIGQUIT')
+
+
+def _chain_shutdown_signals(**kwargs):
+    """At ``worker_ready``, once Celery's handlers are in place: each shutdown
+    signal tells the process's tasks' threads first, then runs Celery's handler.
+    ``worker_shutting_down`` alone comes too late on a cold shutdown: Celery
+    sends it after its cold-shutdown callback, which waits for the tasks."""
+    for name in SHUTDOWN_SIGNALS:
+        signum = getattr(signal, name, None)
+        original = signal.getsignal(signum) if signum is not None else None
+        if callable(original) and not getattr(original, '_ctxthread_chained', False):
+            signal.signal(signum, _telling_threads_first(original))
+
+
+def _telling_threads_first(original):
+    def on_shutdown_signal(signum, frame):
+        _shutdown_tells_threads()
+        return original(signum, frame)
+
+    on_shutdown_signal._ctxthread_chained = True
+    return on_shutdown_signal
+
+
 def connect():
     """Check the environment variable, and connect the switch to the worker's
     signals; idempotent (``celery_ctxthread`` calls it when imported)."""
@@ -65,4 +107,10 @@ def connect():
     worker_init.connect(_install_if_requested, weak=False, dispatch_uid=__name__ + '.worker_init')
     worker_process_init.connect(
         _install_if_requested, weak=False, dispatch_uid=__name__ + '.process'
+    )
+    # The lifecycle's worker events: each in the process that learns of it.
+    worker_init.connect(_revoke_tells_threads, weak=False, dispatch_uid=__name__ + '.revoke')
+    worker_ready.connect(_chain_shutdown_signals, weak=False, dispatch_uid=__name__ + '.signals')
+    worker_shutting_down.connect(
+        _shutdown_tells_threads, weak=False, dispatch_uid=__name__ + '.shutdown'
     )

@@ -253,4 +253,10 @@ def concurrent_probe(self, work_dir, parties, jobs):
     return {'met': met, 'seen': seen}
 
 
-from tests.helpers import final_word_tasks, guard_tasks, neighbours_tasks, reliability_tasks  # noqa: E402,F401
+from tests.helpers import (  # noqa: E402,F401
+    final_word_tasks,
+    guard_tasks,
+    lifecycle_tasks,
+    neighbours_tasks,
+    reliability_tasks,
+)

@@ -19,6 +19,9 @@ import os
 import re
 import sys
 import textwrap
+import threading
+import time
+import uuid
 import weakref
 
 import celery
@@ -109,6 +112,24 @@ def test_taskthread_sees_the_task_and_stores_progress():
     status, meta = stored(example, result.id)
     assert status == 'PROGRESS'  # eager mode does not store the final SUCCESS
     assert meta['part'] in (1, 2, 3)
+
+
+def test_cancellable_loops_stop_when_their_task_is_over():
+    example = load('cancellable_loop')
+    result = example.watch.delay(0.2)
+    assert result.get() == 0.2
+    time.sleep(0.3)  # both loops wake at once when the task is over: nothing more is seen
+    assert len(example.seen[result.id]) == 1  # poll's first turn; the heartbeat's 5 s never passed
+    done = example.give_up.delay(list(range(1000))).get()
+    assert done[-1] == cct.CANCELLED_BY_HAND and len(done) < 1000
+    task_id = str(uuid.uuid4())
+    running = threading.Thread(target=lambda: example.watch.apply_async((2.0,), task_id=task_id))
+    running.start()
+    assert wait_until(lambda: example.seen[task_id], 5)
+    assert example.stop(example.app.AsyncResult(task_id)) is True
+    running.join(10)
+    assert len(example.seen[task_id]) == 1  # stopped when cancelled: not polled again at 1 s
+    assert example.pool._jobs_outlive_task is True
 
 
 def test_tasktimer_fires_in_the_task():
