@@ -25,6 +25,8 @@ runs its target under::
                                          # both are exactly what they were
 """
 
+import sys
+
 from celery import _state
 from celery.backends.base import BaseBackend
 from celery.utils import threads as _celery_threads
@@ -114,6 +116,25 @@ def idents_running_under(record):
     return [ident for ident, entry in entries if entry.get(ACTIVE_RECORD) is record]
 
 
+def thread_ident_of(ident):
+    """The thread ident of the run keyed ``ident`` in the task stack, or None.
+
+    Celery keys its stacks by greenlet wherever greenlet is importable (SQLAlchemy
+    installs it), so a key may be a thread's greenlet: then the thread is the one
+    whose pusher ``call`` runs with that key (a look at every thread's frames, only
+    when a task ends with threads still in it).  Under gevent's monkey-patching
+    the thread ident of a greenlet is its ``id()``.
+    """
+    if isinstance(ident, int):
+        return ident
+    for thread_ident, frame in sys._current_frames().items():
+        while frame is not None:
+            if frame.f_code is _PUSHER_CALL_CODE and frame.f_locals.get('ident') is ident:
+                return thread_ident
+            frame = frame.f_back
+    return id(ident)
+
+
 def marks_runs():
     """Whether each run's task stack entry names its record (``_LocalStack``)."""
     return _TASK_STORAGE is not None
@@ -174,6 +195,9 @@ class _LocalStackPusher(object):
             # Let go of all it holds: see _released.
             self = app = fn = args = kwargs = saved = storage = entry = items = new_stack = None
             new_entry = None  # (previous_app is not the task's: kept, one step less a run)
+
+
+_PUSHER_CALL_CODE = _LocalStackPusher.call.__code__
 
 
 class _FastLocalStackPusher(object):

@@ -9,7 +9,6 @@ module to check when a Python release moves them.
   forms all go through the private ``_map_async`` (3.x; ``map_async`` on 2.7).
 - ``multiprocessing.queues.Queue._start_thread`` starts a queue's feeder thread.
 - ``threading._active``: the running threads by ident.
-- ``Future._state``: whether a future is done, read without taking its lock.
 """
 
 import concurrent.futures
@@ -44,18 +43,7 @@ POOL_THREAD_STARTERS = (
 )
 
 
-_DONE_STATES = frozenset(
-    getattr(concurrent.futures._base, name, name)
-    for name in ('CANCELLED', 'CANCELLED_AND_NOTIFIED', 'FINISHED')
-)
-
-
-def not_done(future):
-    """``not future.done()``, without its lock (a prune reads thousands)."""
-    return future._state not in _DONE_STATES
-
-
 def thread_named(ident):
-    """The name of the running thread ``ident`` (or of a greenlet: its repr)."""
-    thread = threading._active.get(ident) if isinstance(ident, int) else None
-    return thread.name if thread is not None else getattr(ident, 'name', repr(ident))
+    """The name of the running thread ``ident`` (None: not a running thread's)."""
+    thread = threading._active.get(ident)
+    return thread.name if thread is not None else None

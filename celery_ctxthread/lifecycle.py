@@ -144,7 +144,10 @@ class _TaskLife(object):
         kept: each run's task stack entry names its record (``_celery``)."""
         current = _celery.get_ident()
         idents = _celery.idents_running_under(self)
-        return [thread_named(ident) for ident in idents if ident != current]
+        names = [
+            thread_named(_celery.thread_ident_of(ident)) for ident in idents if ident != current
+        ]
+        return [name for name in names if name is not None]  # None: it has ended since
 
 
 # Captured requests -> their record, and task ids -> the same records.
