@@ -515,11 +515,15 @@ print(json.dumps({
     'new_receivers': sorted(connected2 - connected),
 }))
 """
-# The library's own receivers: the worker-wide switch, and the late-update guard.
+# The library's own receivers: the worker-wide switch, the late-update guard, and
+# the lifecycle's worker events (revoke, shutdown), which act only in a worker.
 LIBRARY_RECEIVERS = {
     'worker_init: celery_ctxthread.worker._install_if_requested',
     'worker_process_init: celery_ctxthread.worker._install_if_requested',
     'task_postrun: celery_ctxthread.guard._mark_ended',
+    'worker_init: celery_ctxthread.worker._revoke_tells_threads',
+    'worker_ready: celery_ctxthread.worker._chain_shutdown_signals',
+    'worker_shutting_down: celery_ctxthread.worker._shutdown_tells_threads',
 }
 
 
