@@ -284,8 +284,15 @@ class _NoThread(object):
 
 @app.task(bind=True, name='cct_life.queues_and_fails')
 def queues_and_fails(self, pool, jobs, seconds, kept):
-    """Queue ``jobs`` jobs of ``seconds`` each on ``pool``, then fail without waiting."""
-    kept.extend(pool.submit(_sleep_and_look, seconds) for _ in range(jobs))
+    """Queue ``jobs`` jobs of ``seconds`` each on a two-worker ``pool``; fail once
+    two of them have started (the pool starts its threads lazily: failing at once
+    left only one running now and then), without waiting for the rest."""
+    futures = [pool.submit(_sleep_and_look, seconds) for _ in range(jobs)]
+    kept.extend(futures)
+    deadline = time.time() + WAIT
+    while sum(f.running() or f.done() for f in futures) < min(jobs, 2):
+        assert time.time() < deadline, 'two jobs did not start within %d s' % WAIT
+        time.sleep(0.005)
     raise RuntimeError('failing with jobs queued')
 
 
