@@ -9,6 +9,7 @@ module to check when a Python release moves them.
   forms all go through the private ``_map_async`` (3.x; ``map_async`` on 2.7).
 - ``multiprocessing.queues.Queue._start_thread`` starts a queue's feeder thread.
 - ``threading._active``: the running threads by ident.
+- ``WeakValueDictionary.data``: its weak references, read in one step.
 """
 
 import concurrent.futures
@@ -47,3 +48,14 @@ def thread_named(ident):
     """The name of the running thread ``ident`` (None: not a running thread's)."""
     thread = threading._active.get(ident)
     return thread.name if thread is not None else None
+
+
+def weak_values_now(mapping):
+    """The live values of WeakValueDictionary ``mapping``, read without iterating it.
+
+    ``list()`` of its inner dict's references is one step under the GIL, so it is
+    safe in a signal handler that interrupted a thread changing ``mapping``.
+    """
+    refs = list(mapping.data.values()) if hasattr(mapping, 'data') else []
+    values = (ref() for ref in refs)
+    return [value for value in values if value is not None]

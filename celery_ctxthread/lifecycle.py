@@ -42,7 +42,7 @@ import time
 import weakref
 
 from celery_ctxthread import _celery
-from celery_ctxthread._stdlib import thread_named
+from celery_ctxthread._stdlib import thread_named, weak_values_now
 
 _logger = logging.getLogger(__name__)
 
@@ -243,10 +243,7 @@ def _record_of(request):
 
 def _live_records():
     """The records of this process's tasks that are not over yet."""
-    # list() of a dict's values is one step under the GIL: safe in a signal handler.
-    refs = list(_by_id.data.values()) if hasattr(_by_id, 'data') else []
-    records = (ref() for ref in refs)
-    return [record for record in records if record is not None and not record.over]
+    return [record for record in weak_values_now(_by_id) if not record.over]
 
 
 # ------------------------------------------------------------------ the API
