@@ -65,7 +65,7 @@ def read_tasks():
     else:
         ident_func = _TASK_LOCAL.__ident_func__
         ident = ident_func()
-        thread_entry = _TASK_LOCAL.__storage__.get(ident)
+        thread_entry = _TASK_STORAGE.get(ident)
         tasks = tuple(thread_entry.get('stack') or ()) if thread_entry else ()
     if not tasks:  # outside any task: what everybody else in the process pays
         return (), (), None
@@ -150,6 +150,9 @@ def active_entry_lookup():
     return _TASK_STORAGE.get, _get_ident
 
 
+_NO_APP = object()  # the thread has set no current app: Celery's class default applies
+
+
 class _LocalStackPusher(object):
     """Pushes onto ``_LocalStack``\\ s: replaces the thread's entry in each with
     one holding the longer list, then puts the saved entry back (or deletes the
@@ -169,11 +172,13 @@ class _LocalStackPusher(object):
         ident = self.ident_func()
         saved = []
         # Saved even when the snapshot has no app: the target may make one
-        # current, and a pool thread must not keep it for its next job.
-        previous_app = APP_LOCAL.current_app
+        # current, and a pool thread must not keep it for its next job.  Read
+        # and written as the thread's dict of it: one look-up of the local.
+        app_attributes = APP_LOCAL.__dict__
+        previous_app = app_attributes.get('current_app', _NO_APP)
         try:
             if app is not None:
-                APP_LOCAL.current_app = app
+                app_attributes['current_app'] = app
             for storage, items in self.parts:
                 entry = storage.get(ident)
                 saved.append((storage, entry))
@@ -185,16 +190,20 @@ class _LocalStackPusher(object):
             # restored with the entry, for nothing.
             new_entry[ACTIVE_RECORD] = self.record
             return fn(*args, **kwargs)
+        except BaseException:  # let the traceback keep nothing of the run: see _released
+            self = app = fn = args = kwargs = items = new_stack = new_entry = None
+            raise
         finally:
             for storage, entry in saved:
                 if entry is None:  # the thread had no entry: release it, as pop() would
                     storage.pop(ident, None)
                 else:
                     storage[ident] = entry
-            APP_LOCAL.current_app = previous_app
-            # Let go of all it holds: see _released.
-            self = app = fn = args = kwargs = saved = storage = entry = items = new_stack = None
-            new_entry = None  # (previous_app is not the task's: kept, one step less a run)
+            if previous_app is _NO_APP:  # none of the thread's own: the class default
+                app_attributes.pop('current_app', None)
+            else:
+                app_attributes['current_app'] = previous_app
+            saved = storage = entry = None  # the entries it restored: see _released
 
 
 _PUSHER_CALL_CODE = _LocalStackPusher.call.__code__
@@ -217,10 +226,13 @@ class _FastLocalStackPusher(object):
                 APP_LOCAL.current_app = app
             self._push(saved)
             return fn(*args, **kwargs)
+        except BaseException:  # let the traceback keep nothing of the run: see _released
+            app = fn = args = kwargs = None
+            raise
         finally:
             self._restore(saved)
             APP_LOCAL.current_app = previous_app
-            self = app = fn = args = kwargs = saved = previous_app = None  # see _released
+            self = saved = previous_app = None  # see _released
 
     def _push(self, saved):
         for stack, items in self.parts:
@@ -254,7 +266,8 @@ class _PublicApiPusher(_FastLocalStackPusher):
 
 # _released: a failed job's traceback keeps the frames of ``call`` (the stdlib's
 # executor keeps it with the future), and a pusher holds the task's requests:
-# each ``call`` lets go of all it holds before it returns or raises.
+# each ``call`` that raises lets go of all it holds (one that returns loses its
+# frame anyway).
 
 
 def pusher_for(pairs, record=None):

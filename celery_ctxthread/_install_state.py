@@ -5,11 +5,10 @@ submit wrappers; the executors and the patched methods only ask::
 
     state.enabled                       # install() is in force
     run_as_pool_code(submit, args, {})  # threads started meanwhile are the pool's own
-    pool_code.active                    # ... the flag it sets, per thread
+    inside_pool_code()                  # ... what it sets, per thread
     wrapped_by_others(submit)           # someone else's submit wrapper sits below ours
 """
 
-import threading
 from types import MethodType
 
 from celery_ctxthread._stdlib import STDLIB_SUBMIT
@@ -22,30 +21,35 @@ class _State(object):
 state = _State()
 
 
-class _PoolCode(threading.local):
-    # Set while a pool's own code runs on this thread (an executor's submit(),
-    # a ThreadPool being built): the threads started then are the pool's
-    # workers and helpers, which outlive the job and must never keep its
-    # context, and a submit() reached then is already wrapped by ours.
-    # A class default, so that reading it never raises and catches.
-    active = False
+try:  # the ident threading.local is keyed by: a greenlet's under gevent's patching
+    from threading import get_ident as _get_ident
+except ImportError:  # Python 2.7
+    from thread import get_ident as _get_ident
 
-
-pool_code = _PoolCode()
+# The idents of the threads on which a pool's own code runs now (an executor's
+# submit(), a ThreadPool being built): the threads started then are the pool's
+# workers and helpers, which outlive the job and must never keep its context,
+# and a submit() reached then is already wrapped by ours.  A set of idents, not
+# a threading.local: a look-up costs a third of a local's attribute read, and
+# every submit() sets and clears it.
+_pool_code_threads = set()
 
 
 def inside_pool_code():
     """Whether a pool's own code is running on this thread (see ``run_as_pool_code``)."""
-    return pool_code.active
+    return _get_ident() in _pool_code_threads
 
 
 def run_as_pool_code(method, args, kwargs):
     """``method(*args, **kwargs)``, with every thread it starts left without a context."""
-    was_active, pool_code.active = pool_code.active, True
+    ident = _get_ident()
+    if ident in _pool_code_threads:  # nested: the outermost call clears it
+        return method(*args, **kwargs)
+    _pool_code_threads.add(ident)  # a set's add and discard are atomic
     try:
         return method(*args, **kwargs)
     finally:
-        pool_code.active = was_active
+        _pool_code_threads.discard(ident)
 
 
 # install()'s own submit wrappers, which pass our jobs through untouched.

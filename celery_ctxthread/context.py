@@ -34,6 +34,8 @@ from celery_ctxthread import _celery, lifecycle
 from celery_ctxthread._compat import copy_context
 
 _APP_LOCAL = _celery.APP_LOCAL
+_NEWEST_SNAPSHOT = _celery.NEWEST_SNAPSHOT
+_read_tasks = _celery.read_tasks
 _MARKS_RUNS = _celery.marks_runs()
 
 #: Called with ``(task, request)`` for each task a new snapshot captures, in
@@ -122,32 +124,35 @@ class _CallInContext(object):
                 self.context = self.fn = self.args = self.kwargs = None
                 if fn is None:  # called again: like Thread.run after its target was dropped
                     return None
-            if once is not True:  # an executor job: see JOB
-                record = context._tasks.record or lifecycle.found_record(context._tasks.request)
-                if record is not None and record.over:
-                    raise _job_refused(record)
+        tasks, contextvars = context._tasks, context._contextvars
+        if once and once is not True:  # an executor job: see JOB
+            record = tasks.record or lifecycle.found_record(tasks.request)
+            if record is not None and record.over:
+                raise _job_refused(record)
         if more_args:
             args += more_args
         if kwargs is None:
             kwargs = more_kwargs
         elif more_kwargs:
             kwargs = dict(kwargs, **more_kwargs)
-        tasks, contextvars = context._tasks, context._contextvars
         pusher = tasks.pusher
         try:
             if pusher is None:  # outside any task: exactly the call
                 return fn(*args, **kwargs)
             if contextvars is not None:
-                outer = copy_context() if self.keep_outer else None
-                if outer:
-                    args, fn = (outer, fn, args, kwargs), _set_then_call
+                if self.keep_outer:
+                    outer = copy_context()
+                    if outer:
+                        args, fn = (outer, fn, args, kwargs), _set_then_call
                 args, fn = (fn,) + args, contextvars.copy().run
             return pusher.call(tasks.app, fn, args, kwargs)
-        finally:
+        except BaseException:
             # A failed job's traceback keeps this frame (the stdlib's executor
-            # keeps it with the future): let it keep nothing of the task.
+            # keeps it with the future): let it keep nothing of the task, as
+            # the stdlib's _WorkItem.run does.  On return the frame goes anyway.
             self = context = tasks = contextvars = pusher = fn = args = kwargs = None
             more_args = more_kwargs = None
+            raise
 
     @property
     def __func__(self):
@@ -198,16 +203,15 @@ class _CapturedTasks(object):
         # watch, is found by request.
         marks = _MARKS_RUNS and request is not None
         self.record = lifecycle.record_for(request) if marks else None
-        pushes = _pushes(tasks, top_requests) if tasks else None
+        pushes = _pushes_and_hooks(tasks, top_requests) if tasks else None
         self.pusher = _celery.pusher_for(pushes, self.record) if tasks else None
-        for task, request in zip(tasks, top_requests):
-            if request is not None:
-                for hook in _capture_hooks:
-                    hook(task, request)
 
 
-def _pushes(tasks, top_requests):
-    """The task stack, then each task's request stack once, with its top request."""
+def _pushes_and_hooks(tasks, top_requests):
+    """The task stack, then each task's request stack once, with its top request.
+
+    On the way, each task with a request goes to the capture hooks: one pass.
+    """
     pushes, seen = [(_celery.TASK_STACK, tasks)], set()
     for task, top in zip(tasks, top_requests):
         stack = getattr(task, 'request_stack', None)  # None on an unbound task class
@@ -216,6 +220,9 @@ def _pushes(tasks, top_requests):
             seen.add(id(stack))
             # Only the top request: a task without one still gets a restore point.
             pushes.append((stack, () if top is None else (top,)))
+        if top is not None:
+            for hook in _capture_hooks:
+                hook(task, top)
     return pushes
 
 
@@ -228,14 +235,14 @@ def capture():
     Cheap enough to call per job.  Outside any task it returns a shared empty
     snapshot, and running under it is exactly calling the function.
     """
-    tasks, top_requests, thread_entry = _celery.read_tasks()
+    tasks, top_requests, thread_entry = _read_tasks()
     if not tasks:
         return _EMPTY
     contextvars = copy_context() if copy_context is not None else None
     # The thread's newest snapshot is kept in its entry, which Celery deletes
     # with the last task: a loop of start()s or submit()s in a task builds the
     # pushes once, and nothing outlives the task.
-    newest = thread_entry.get(_celery.NEWEST_SNAPSHOT) if thread_entry is not None else None
+    newest = thread_entry.get(_NEWEST_SNAPSHOT) if thread_entry is not None else None
     identity = (_APP_LOCAL.current_app,) + tasks + top_requests
     old = newest._tasks.identity if newest is not None else ()
     # The same objects, compared with ``is``: nobody's ``__eq__`` runs.
@@ -246,7 +253,7 @@ def capture():
     else:  # no contextvars at all (or none on 2.7): the same snapshot, whole
         return newest
     if thread_entry is not None:
-        thread_entry[_celery.NEWEST_SNAPSHOT] = newest
+        thread_entry[_NEWEST_SNAPSHOT] = newest
     return newest
 
 

@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from celery_ctxthread._compat import set_exception, split_fn
-from celery_ctxthread._install_state import pool_code, wrapped_by_others
+from celery_ctxthread._install_state import run_as_pool_code, wrapped_by_others
 from celery_ctxthread.context import _EMPTY, EVERY_JOB, JOB, _CallInContext, capture
 from celery_ctxthread.threads import TaskThread
 
@@ -47,12 +47,7 @@ def _submit_in_context(submit, args, kwargs, outlive=False):
         once = True if outlive else JOB  # JOB: it does not run once its task is over
         job = _CallInContext(context, job, args[1:], kwargs, once, keep_outer)
         args, kwargs = (job,), {}
-    # run_as_pool_code(submit, args, kwargs), inline: one call less per job.
-    was_active, pool_code.active = pool_code.active, True
-    try:
-        return submit(*args, **kwargs)
-    finally:
-        pool_code.active = was_active
+    return run_as_pool_code(submit, args, kwargs)
 
 
 class TaskThreadPoolExecutor(ThreadPoolExecutor):
@@ -80,9 +75,11 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
         super(TaskThreadPoolExecutor, self).__init__(*args, **kwargs)
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
-        self, args = split_fn(args, 'submit')
+        if not args:
+            split_fn(args, 'submit')  # raises its TypeError; else inline: one call less a job
+        self = args[0]
         return _submit_in_context(
-            super(TaskThreadPoolExecutor, self).submit, args, kwargs, self._jobs_outlive_task
+            super(TaskThreadPoolExecutor, self).submit, args[1:], kwargs, self._jobs_outlive_task
         )
 
     submit.__doc__ = ThreadPoolExecutor.submit.__doc__
