@@ -119,11 +119,10 @@ class _CallInContext(object):
 
     def __call__(self, *more_args, **more_kwargs):
         context, fn, args, kwargs, once = self.context, self.fn, self.args, self.kwargs, self.once
-        if once:
-            if once is not EVERY_JOB:  # a thread's run, or one job: let go of it all
-                self.context = self.fn = self.args = self.kwargs = None
-                if fn is None:  # called again: like Thread.run after its target was dropped
-                    return None
+        if once and once is not EVERY_JOB:  # a thread's run, or one job: let go of it all
+            self.context = self.fn = self.args = self.kwargs = None
+            if fn is None:  # called again: like Thread.run after its target was dropped
+                return None
         tasks, contextvars = context._tasks, context._contextvars
         if once and once is not True:  # an executor job: see JOB
             record = tasks.record or lifecycle.found_record(tasks.request)
