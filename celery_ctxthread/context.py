@@ -27,7 +27,6 @@ changed only through :mod:`celery_ctxthread._celery`.
 """
 
 import functools
-from concurrent.futures import CancelledError
 from operator import is_
 
 from celery_ctxthread import _celery, lifecycle
@@ -124,10 +123,6 @@ class _CallInContext(object):
             if fn is None:  # called again: like Thread.run after its target was dropped
                 return None
         tasks, contextvars = context._tasks, context._contextvars
-        if once and once is not True:  # an executor job: see JOB
-            record = tasks.record or lifecycle.found_record(tasks.request)
-            if record is not None and record.over:
-                raise _job_refused(record)
         if more_args:
             args += more_args
         if kwargs is None:
@@ -164,19 +159,26 @@ class _CallInContext(object):
 
 
 #: ``once=JOB``: an executor job, let go once called like a thread's run, that
-#: does not run at all if its task is over when it starts (a dead task's queue
-#: delays nobody); checked here, not kept in a registry at submit, which cost
-#: every submit 3 %.
+#: does not start at all if its task is over when a worker takes it (a dead
+#: task's queue delays nobody): its executor's queue asks :func:`refused` and
+#: cancels its future.  Asked there, not kept in a registry at submit, which
+#: cost every submit 3 %.
 JOB = 'job'
 #: ``once=EVERY_JOB``: the jobs of one ``map()``, bound once for all of them and
-#: kept: none runs once its task is over.
+#: kept: none starts once its task is over.
 EVERY_JOB = 'every job'
 
 
-def _job_refused(record):
-    return CancelledError(
-        'task %s is over (%s): its job did not run' % (record.task_id, record.reason)
-    )
+def refused(job):
+    """Whether ``job``, which a pool's worker is about to call, must not start:
+    a :data:`JOB` or :data:`EVERY_JOB` whose task is over."""
+    if type(job) is not _CallInContext:
+        return False
+    once, context = job.once, job.context
+    if (once is not JOB and once is not EVERY_JOB) or context is None:
+        return False
+    record = context._tasks.record or lifecycle.found_record(context._tasks.request)
+    return record is not None and record.over
 
 
 def _set_then_call(outer, fn, args, kwargs):

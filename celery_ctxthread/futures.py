@@ -20,7 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from celery_ctxthread._compat import set_exception, split_fn
 from celery_ctxthread._install_state import run_as_pool_code, wrapped_by_others
-from celery_ctxthread.context import _EMPTY, EVERY_JOB, JOB, _CallInContext, capture
+from celery_ctxthread._stdlib import cancel_on_take
+from celery_ctxthread.context import _EMPTY, EVERY_JOB, JOB, _CallInContext, capture, refused
 from celery_ctxthread.threads import TaskThread
 
 
@@ -59,9 +60,10 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
     ``ThreadPoolExecutor.submit`` is when it runs, so wrappers that Sentry or
     OpenTelemetry put there apply to our jobs too.
 
-    A job whose task is over before the job starts never runs: its future
-    raises :class:`~concurrent.futures.CancelledError`, so a dead task's queue
-    never delays another task's jobs.
+    A job whose task is over before a worker takes it never runs: its future is
+    cancelled (``future.cancelled()``; ``result()`` raises
+    :class:`~concurrent.futures.CancelledError`), so a dead task's queue never
+    delays another task's jobs.
     ``jobs_outlive_task=True`` (a keyword argument) runs them all the same::
 
         pool = cct.TaskThreadPoolExecutor(max_workers=4, jobs_outlive_task=True)
@@ -73,6 +75,9 @@ class TaskThreadPoolExecutor(ThreadPoolExecutor):
         # Popped, not a keyword-only parameter: this source runs on Python 2.7 too.
         self._jobs_outlive_task = bool(kwargs.pop('jobs_outlive_task', False))
         super(TaskThreadPoolExecutor, self).__init__(*args, **kwargs)
+        # Asked as a worker takes each job, when it can still be cancelled:
+        # no registry of jobs, nothing more per submit().
+        cancel_on_take(self, refused)
 
     def submit(*args, **kwargs):  # (self, fn, /, *args, **kwargs), on Python 2.7 too
         if not args:
