@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 
+import celery
 import pytest
 
 from tests.conftest import CONCURRENT_POOLS, POOLS
@@ -33,7 +34,11 @@ TOLD_WITHIN = 0.5  # seconds from the event to the watchers' stop
 FILE_TIMEOUT = 25.0
 RESULT_TIMEOUT = 30.0
 WATCHERS = ('thread', 'job')
-EXIT_AFTER_STOP = 1.5  # the issue asks 1 s; 1.2-1.3 s measured (see the shutdown test)
+# Celery's own exit after a shutdown, plus a margin: see the shutdown test.
+EXIT_AFTER_STOP = 1.5
+# gevent and eventlet: an idle worker was gone 3.8-3.9 s after a SIGTERM (warm), this
+# test 5.0-5.2 s after the loops stopped; without the shutdown telling them, they run 20 s.
+GREEN_EXIT_AFTER_STOP = 8.0
 
 
 def new_prefix(worker):
@@ -118,30 +123,114 @@ REVOKE_POOLS = [pool for pool in ('threads', 'gevent', 'eventlet') if pool in PO
 
 
 @pytest.mark.skipif(not REVOKE_POOLS, reason='no pool here runs the revoke in the task process')
+@pytest.mark.parametrize('terminate', [False, True], ids=['plain', 'terminate'])
 @pytest.mark.parametrize('pool', REVOKE_POOLS)
-def test_revoke_tells_the_threads_of_a_running_task(dedicated_worker, pool):
-    """Without terminate: the task goes on (Celery does not stop it), its threads are told."""
+def test_revoke_tells_the_threads_of_a_running_task(dedicated_worker, pool, terminate):
+    """Without terminate the task goes on (Celery does not stop it); with it, the
+    threads pool raises NotImplementedError and the task goes on too, while gevent
+    and eventlet kill the task's greenlet. Either way its threads are told first."""
     worker = dedicated_worker('redis', pool, 'revoke', concurrency=3)
     bystander = Bystander(worker)
     result, prefix = started(worker, WATCHED, ['wait'])
     revoked_at = time.time()
-    worker.client.control.revoke(result.id)
+    worker.client.control.revoke(result.id, terminate=terminate)
     assert_told(prefix, result.id, 'revoked', revoked_at)
     touch(prefix + '-go')
+    if terminate and pool == 'threads':  # Celery's limit: the task carries on and returns
+        assert result.get(timeout=RESULT_TIMEOUT, propagate=False) == 'wait'
     bystander.check_then_release()
+
+
+# ------------------------------------------------------------ hard time limit
+
+
+@pytest.mark.skipif('prefork' not in POOLS, reason='no prefork pool in this cell')
+def test_hard_time_limit_kills_the_child_with_its_threads(dedicated_worker):
+    """prefork: billiard ends the child running the task at its hard limit (SIGTERM,
+    SIGKILL 0.1 s later), and its threads with it. Where the child stores the task's
+    failure first (Celery 5.7), they are told ``failed`` just before; nothing of
+    theirs happens once the child is gone."""
+    worker = dedicated_worker('redis', 'prefork', 'hard-limit', concurrency=2)
+    result, prefix = started(worker, WATCHED, ['wait'], time_limit=1)
+    pid = read_json(prefix + '-started', FILE_TIMEOUT)['pid']
+    result.get(timeout=RESULT_TIMEOUT, propagate=False)
+    assert result.state == 'FAILURE' and 'TimeLimitExceeded' in repr(result.result), result.result
+    assert wait_until(lambda: not _alive(pid), 10.0, interval=0.05), 'the child is alive'
+    reports = [_report_if_any('%s-%s' % (prefix, name)) for name in WATCHERS]
+    touch(prefix + '-go')  # nobody is left to read it
+    time.sleep(0.5)
+    assert [_report_if_any('%s-%s' % (prefix, name)) for name in WATCHERS] == reports
+    for report in reports:
+        if report is not None:  # told as its task failed, before the child ended
+            assert report['raised'] == {'reason': 'failed', 'task_id': result.id}, report
+
+
+IN_WORKER_POOLS = [pool for pool in ('threads', 'solo', 'gevent', 'eventlet') if pool in POOLS]
+
+
+@pytest.mark.skipif(not IN_WORKER_POOLS, reason='no pool here runs tasks in the worker process')
+@pytest.mark.parametrize('pool', IN_WORKER_POOLS)
+def test_time_limits_where_the_worker_runs_the_task(dedicated_worker, pool):
+    """soft_time_limit=1, time_limit=2. gevent enforces the hard limit only: the task
+    fails with TimeLimitExceeded and its threads are told ``failed`` within 0.5 s of
+    it. threads, solo and eventlet enforce neither: the task runs on, its threads are
+    told nothing until it returns."""
+    worker = dedicated_worker('redis', pool, 'limits', concurrency=2)
+    result, prefix = started(worker, WATCHED, ['wait'], soft_time_limit=1, time_limit=2)
+    began = read_json(prefix + '-started', FILE_TIMEOUT)['at']  # just after the task began
+    if pool == 'gevent':
+        result.get(timeout=RESULT_TIMEOUT, propagate=False)
+        assert result.state == 'FAILURE' and 'TimeLimitExceeded' in repr(result.result)
+        for name in WATCHERS:  # the limit counts from the task's start, a little before `began`
+            report = read_json('%s-%s' % (prefix, name), FILE_TIMEOUT)
+            assert report['raised'] == {'reason': 'failed', 'task_id': result.id}, report
+            assert -0.3 <= report['stopped'] - (began + 2.0) <= TOLD_WITHIN, report
+        return
+    time.sleep(3.0)  # past both limits
+    assert not result.ready(), result.state
+    assert_not_told(prefix)
+    touch(prefix + '-go')
+    assert result.get(timeout=RESULT_TIMEOUT) == 'wait'
+    assert_told(prefix, result.id, 'returned', read_json(prefix + '-event', FILE_TIMEOUT)['at'])
+
+
+def _report_if_any(path):
+    return read_json(path, 1) if os.path.exists(path) else None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------ worker shutdown
 
 
-@pytest.mark.skipif('threads' not in POOLS, reason='no threads pool in this cell')
+SHUTDOWN_POOLS = [pool for pool in ('threads', 'solo', 'gevent', 'eventlet') if pool in POOLS]
+
+
+@pytest.mark.skipif(not SHUTDOWN_POOLS, reason='no pool here runs its tasks in the main process')
 @pytest.mark.parametrize('how', ['SIGTERM', 'SIGQUIT'], ids=['warm', 'cold'])
-def test_shutdown_tells_threads_and_the_worker_exits_soon_after(dedicated_worker, how):
-    """threads pool: the task joins its cooperative watchers; the shutdown tells them,
+@pytest.mark.parametrize('pool', SHUTDOWN_POOLS)
+def test_shutdown_tells_threads_and_the_worker_exits_soon_after(dedicated_worker, pool, how):
+    """The task joins its cooperative watchers; the shutdown tells them (threads, solo,
+    gevent, eventlet: the worker's own process runs the task),
     and the worker is gone soon after their stop (14 s with a loop that never stops).
-    EXIT_AFTER_STOP: the worker was gone 1.2-1.3 s after the loops stopped in our runs;
-    where Celery spends that time (an idle worker's shutdown) is not measured here."""
-    worker = dedicated_worker('redis', 'threads', 'shutdown-' + how.lower(), concurrency=2)
+    EXIT_AFTER_STOP: the worker was gone 1.14-1.3 s after the loops stopped in our runs,
+    all of it Celery's: the worker's loop notices its shutdown flag only when the
+    broker poll returns (kombu's Redis BRPOP, 1 s). An idle worker on this pool, with
+    nothing of ours running, was gone 1.14, 0.89 and 0.49 s after a SIGTERM sent 1.0,
+    1.3 and 1.6 s after it was ready; here the task's arrival has just started a poll.
+    gevent and eventlet take longer to shut down warm, idle or not: 5.0 s here."""
+    if pool == 'solo' and how == 'SIGQUIT' and (5, 5) <= celery.VERSION[:2] < (5, 7):
+        # Celery's own: its cold-shutdown handler raises NotImplementedError into the
+        # running task, then the worker hangs. Measured on 5.5.3 with a plain task and
+        # nothing of ours in it: still alive 25 s after the SIGQUIT. 5.7 exits in 0.2 s.
+        pytest.skip("Celery 5.5-5.6's cold shutdown hangs with a task running on solo")
+    worker = dedicated_worker('redis', pool, 'shutdown-' + how.lower(), concurrency=2)
     result, prefix = started(worker, WATCHED, ['join'])
     signalled_at = time.time()
     os.kill(worker.main_pid, getattr(signal, how))
@@ -149,8 +238,10 @@ def test_shutdown_tells_threads_and_the_worker_exits_soon_after(dedicated_worker
     assert wait_until(lambda: not worker.process.alive(), 10.0, interval=0.02)
     gone_at = time.time()
     stopped = max(read_json('%s-%s' % (prefix, n), 1)['stopped'] for n in WATCHERS)
-    print('\n%s: told, then gone %.2f s after the loops stopped' % (how, gone_at - stopped))
-    assert gone_at - stopped <= EXIT_AFTER_STOP, (
+    after = gone_at - stopped
+    print('\n%s %s: told, then gone %.2f s after the loops stopped' % (pool, how, after))
+    green_and_warm = pool in ('gevent', 'eventlet') and how == 'SIGTERM'
+    assert after <= (GREEN_EXIT_AFTER_STOP if green_and_warm else EXIT_AFTER_STOP), (
         'the worker exited %.2f s after the loops stopped' % (gone_at - stopped)
     )
 
