@@ -136,8 +136,9 @@ def test_revoke_tells_the_threads_of_a_running_task(dedicated_worker, pool, term
     worker.client.control.revoke(result.id, terminate=terminate)
     assert_told(prefix, result.id, 'revoked', revoked_at)
     touch(prefix + '-go')
-    if terminate and pool == 'threads':  # Celery's limit: the task carries on and returns
-        assert result.get(timeout=RESULT_TIMEOUT, propagate=False) == 'wait'
+    if terminate and pool == 'threads':  # Celery's limit: the task carries on to its end
+        # (its stored state may be REVOKED or its return value: Celery's race, not ours)
+        assert read_json(prefix + '-event', FILE_TIMEOUT)['at'] > revoked_at
     bystander.check_then_release()
 
 
